@@ -1,0 +1,63 @@
+"""aioredis_patterns: asyncio-native Redis patterns for Python services.
+
+Everything public is importable from here; ``aioredis_patterns.testing`` holds the
+real-Redis test tools.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._atomic import AtomicOps
+from ._connection import connect, redact_url
+from ._exceptions import (
+    AioRedisPatternsError,
+    CrossSlotKeys,
+    InsufficientBalance,
+    InsufficientStock,
+    InvalidArgument,
+    LimitExceeded,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+    NotAnInteger,
+    PubSubError,
+    QueueOverflow,
+    RateLimited,
+    RedisUnavailable,
+    ScriptError,
+    SerializationError,
+)
+from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
+
+try:
+    __version__ = version("aioredis_patterns")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AioRedisPatternsError",
+    "AtomicOps",
+    "CrossSlotKeys",
+    "InsufficientBalance",
+    "InsufficientStock",
+    "InvalidArgument",
+    "LimitExceeded",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
+    "NotAnInteger",
+    "PubSubError",
+    "QueueOverflow",
+    "RateLimited",
+    "RedisUnavailable",
+    "Script",
+    "ScriptBook",
+    "ScriptError",
+    "ScriptStats",
+    "SerializationError",
+    "__version__",
+    "connect",
+    "redact_url",
+    "register_error_code",
+]

@@ -1,0 +1,130 @@
+"""connect(): one shared redis.asyncio client, with the defaults a service wants."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import anyio
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._exceptions import RedisUnavailable
+from ._scripts import ScriptBook
+from ._validation import to_seconds
+
+__all__ = ["connect", "redact_url"]
+
+logger = logging.getLogger("aioredis_patterns")
+
+
+def redact_url(url: str) -> str:
+    """Return *url* with its password replaced by ``***``, safe for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable redis url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _describe(url: str) -> str:
+    """``host:port/db`` (or the socket path) of *url*, never the password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable redis url>"
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    db = parts.path.lstrip("/") or "0"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
+
+
+def _scrub(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return text
+
+
+async def connect(
+    url: str = "redis://localhost:6379/0",
+    *,
+    timeout: float = 5.0,
+    max_connections: int = 64,
+    retries: int = 3,
+    health_check_interval: float = 15.0,
+    load_scripts: bool = True,
+    **options: Any,
+) -> Redis:
+    """Connect to Redis and check it answers, returning a client with one shared pool.
+
+    The pool *blocks* when every connection is busy: a call waits (up to *timeout*)
+    for a connection instead of failing with "Too many connections", so hundreds
+    of tasks can share one client. Connection errors and timeouts are retried
+    *retries* times with exponential backoff and full jitter. Every toolkit script
+    is loaded with SCRIPT LOAD (one round trip) unless *load_scripts* is false.
+
+    Args:
+        url: ``redis://``, ``rediss://`` (TLS) or ``unix://``; ``user:password@``
+            selects an ACL user.
+        timeout: seconds for the first PING, for connecting a socket, for one
+            command's reply, and for waiting on a free pooled connection.
+        max_connections: size of the shared pool.
+        retries: retries of a command that met a connection error or timeout.
+            A retried write may run twice if the first attempt reached the server;
+            the atomic operations take an ``idempotency_key`` for that reason.
+        health_check_interval: seconds a connection may sit idle before it is
+            checked with PING on next use.
+        load_scripts: load the toolkit's Lua scripts now (see :class:`ScriptBook`).
+        **options: passed on to ``redis.asyncio.BlockingConnectionPool.from_url``.
+
+    Raises:
+        RedisUnavailable: the server is unreachable, refused the credentials or did
+            not answer within *timeout*. The message names host, port and db only.
+    """
+    seconds = to_seconds(timeout, "timeout")
+    settings: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "socket_timeout": seconds,
+        "socket_keepalive": True,
+        "health_check_interval": health_check_interval,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    settings.update(options)
+    try:
+        pool = BlockingConnectionPool.from_url(url, **settings)
+    except (ValueError, RedisError) as exc:
+        raise RedisUnavailable(
+            f"invalid Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
+        ) from exc
+    client = Redis.from_pool(pool)
+    try:
+        with anyio.fail_after(seconds):
+            await client.ping()
+            if load_scripts:
+                await ScriptBook.for_client(client).load_all()
+    except (RedisError, OSError, TimeoutError) as exc:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+        reason = _scrub(str(exc), url) or type(exc).__name__
+        raise RedisUnavailable(f"Redis at {_describe(url)} is unavailable: {reason}") from exc
+    return client

@@ -1,0 +1,64 @@
+"""Argument checks shared by every pattern: run before any round trip."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+from ._exceptions import InvalidArgument
+
+Duration: TypeAlias = "float | timedelta"
+"""A duration: float seconds or a :class:`datetime.timedelta`, everywhere the same way."""
+
+
+def to_seconds(value: Any, name: str) -> float:
+    """Return *value* as finite, positive float seconds, or raise :class:`InvalidArgument`."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(
+            f"{name} must be seconds (int or float) or a timedelta, not {type(value).__name__}"
+        )
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidArgument(f"{name} must be finite and > 0, got {value!r}")
+    return seconds
+
+
+def to_milliseconds(value: Any, name: str) -> int:
+    """Return *value* as a whole number of milliseconds, at least 1.
+
+    Rounds up, so a 0.4 ms duration becomes 1 ms rather than a TTL of 0.
+    """
+    return max(1, math.ceil(to_seconds(value, name) * 1000))
+
+
+def optional_seconds(value: Any, name: str) -> float | None:
+    """Like :func:`to_seconds`, but ``None`` passes through."""
+    return None if value is None else to_seconds(value, name)
+
+
+MAX_SAFE_INT = 2**53 - 1
+"""Largest integer a Lua number (a double) holds exactly; scripts do arithmetic in doubles."""
+
+
+def positive_int(value: Any, name: str, *, maximum: int = MAX_SAFE_INT) -> int:
+    """Return *value* if it is an integer in ``1..maximum``, else raise :class:`InvalidArgument`.
+
+    Booleans, floats (even ``2.0``), strings and NaN are refused: a quantity that
+    arrives as anything but ``int`` is a bug upstream, and guessing hides it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int >= 1, not {type(value).__name__} {value!r}")
+    if not 1 <= value <= maximum:
+        raise InvalidArgument(f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def non_empty_str(value: Any, name: str) -> str:
+    """Return *value* if it is a non-empty ``str``, else raise :class:`InvalidArgument`."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{name} must be a non-empty str, got {value!r}")
+    return value

@@ -1,0 +1,57 @@
+"""Test matrix: `nox` runs tests on every supported Python, lint, typecheck and examples.
+
+Python versions are read from the classifiers in pyproject.toml, so they are
+listed once. With CI set, a missing interpreter is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = nox.project.python_versions(PYPROJECT)
+LATEST = PYTHONS[-1]
+
+nox.needs_version = ">=2024.10.9"
+nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
+nox.options.reuse_existing_virtualenvs = not os.environ.get("CI")
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    """Install the project (not editable: tests see what a user gets) and dependency groups."""
+    requirements: list[str] = []
+    for group in groups:
+        requirements += nox.project.dependency_groups(PYPROJECT, group)
+    session.install(".", *requirements)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite against real redis-server processes it starts itself."""
+    _install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=LATEST)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=LATEST)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package and the examples."""
+    _install(session, "typecheck")
+    session.run("mypy", "--strict")
+
+
+@nox.session(python=LATEST)
+def examples(session: nox.Session) -> None:
+    """Run every script in examples/ (and the tour) against a throwaway redis-server."""
+    _install(session)
+    session.run("python", "examples/_run_all.py", *session.posargs)
