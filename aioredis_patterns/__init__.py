@@ -6,7 +6,7 @@ real-Redis test tools.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
 from ._connection import connect, redact_url
@@ -31,8 +31,8 @@ from ._exceptions import (
 from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
 
 try:
-    __version__ = version("aioredis_patterns")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("aioredis_patterns")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [

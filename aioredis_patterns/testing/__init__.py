@@ -1,7 +1,8 @@
 """Real-Redis test tools: a throwaway server launcher and pytest fixtures.
 
 ``RedisServer`` starts ``redis-server`` on a free loopback port and can kill and
-restart it for fault tests. The fixtures live in
+restart it for fault tests; ``RedisClusterServer`` starts a three-primary Redis
+Cluster the same way. The fixtures live in
 ``aioredis_patterns.testing.pytest_plugin``; enable them with
 ``pytest_plugins = ["aioredis_patterns.testing.pytest_plugin"]``.
 
@@ -10,6 +11,7 @@ Nothing here imports the patterns, so it can test code that uses any of them.
 
 from __future__ import annotations
 
+from ._cluster import RedisClusterServer
 from ._server import RedisServer, RedisServerError, free_port
 
-__all__ = ["RedisServer", "RedisServerError", "free_port"]
+__all__ = ["RedisClusterServer", "RedisServer", "RedisServerError", "free_port"]

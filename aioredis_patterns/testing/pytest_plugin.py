@@ -19,22 +19,28 @@ skips silently.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+from ._cluster import RedisClusterServer
 from ._server import RedisServer
 
 __all__ = [
     "docker_unavailable_reason",
     "redis",
+    "redis_cluster",
+    "redis_cluster_url",
     "redis_server",
     "redis_server_factory",
     "redis_url",
+    "topology",
 ]
 
 HOW_TO_PROVIDE_REDIS = (
@@ -45,19 +51,33 @@ HOW_TO_PROVIDE_REDIS = (
 
 
 def docker_unavailable_reason() -> str | None:
-    """``None`` when a Docker engine answers, else why it does not."""
+    """``None`` when a Docker engine answers ``GET /_ping``, else why it does not.
+
+    It speaks to the engine's socket directly rather than through the docker
+    package, which leaves a socket open when the engine is missing.
+    """
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    parts = urlsplit(host)
     try:
-        import docker  # type: ignore[import-untyped]
-    except ImportError:
-        return "the docker package is not installed"
-    try:
-        client = docker.from_env(timeout=3)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:  # any failure means "no engine here"
-        return f"no Docker engine answers ({type(exc).__name__})"
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(3)
+            try:
+                sock.connect(parts.path)
+            except OSError:
+                sock.close()
+                raise
+        elif parts.scheme in ("tcp", "http"):
+            sock = socket.create_connection((parts.hostname, parts.port or 2375), timeout=3)
+        else:
+            return f"DOCKER_HOST scheme {parts.scheme!r} is not checked here"
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = sock.recv(64)
+    except OSError as exc:
+        return f"no Docker engine answers at {host} ({type(exc).__name__})"
+    if b" 200 " not in answer:
+        return f"the Docker engine at {host} did not answer /_ping with 200"
     return None
 
 
@@ -132,10 +152,53 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
 
 @pytest_asyncio.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """A ``redis.asyncio.Redis`` client on a freshly flushed database."""
-    client = Redis.from_url(redis_url)
+    """A ``redis.asyncio.Redis`` client on a freshly flushed database.
+
+    Its pool waits for a free connection rather than raising "Too many
+    connections", so a test may run hundreds of concurrent tasks on it.
+    """
+    client = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=128))
     await client.flushdb()
     try:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """URL of one node of a Redis Cluster: ``REDIS_CLUSTER_URL``, else a local three-node one."""
+    env = os.environ.get("REDIS_CLUSTER_URL")
+    if env:
+        yield env
+        return
+    if not RedisClusterServer.available():
+        pytest.fail(
+            "cluster tests need REDIS_CLUSTER_URL, or redis-server and redis-cli on PATH",
+            pytrace=False,
+        )
+    with RedisClusterServer() as cluster:
+        yield cluster.url
+
+
+@pytest_asyncio.fixture
+async def redis_cluster(redis_cluster_url: str) -> AsyncIterator[RedisCluster]:
+    """A ``redis.asyncio.RedisCluster`` client with every primary flushed."""
+    # redis-py raises past max_connections per node; tests run hundreds of tasks.
+    client = RedisCluster.from_url(redis_cluster_url, max_connections=1024)
+    await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def topology(request: pytest.FixtureRequest) -> Redis | RedisCluster:
+    """The same test on a single server and on a Redis Cluster: a flushed client of each."""
+    # A plain fixture: pytest-asyncio cannot set up an async fixture requested from a
+    # running event loop, and it runs the async ones it is given here on the test's loop.
+    client: Redis | RedisCluster = request.getfixturevalue(
+        "redis" if request.param == "single" else "redis_cluster"
+    )
+    return client

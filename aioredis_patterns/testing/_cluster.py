@@ -1,0 +1,130 @@
+"""RedisClusterServer: a throwaway Redis Cluster of primaries on free loopback ports."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from types import TracebackType
+
+from ._server import RedisServer, RedisServerError
+
+__all__ = ["RedisClusterServer"]
+
+_BUS_OFFSET = 10000  # a node also listens on port + 10000 for the cluster bus
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A port whose cluster-bus twin (port + 10000) is free too.
+
+    Both are taken below the kernel's ephemeral range (32768 and up), so an
+    outgoing connection cannot grab the bus port between choosing and binding.
+    """
+    for _ in range(200):
+        port = random.randrange(10000, 32768 - _BUS_OFFSET)
+        if _bindable(port) and _bindable(port + _BUS_OFFSET):
+            return port
+    raise RedisServerError("no free port pair for a cluster node")
+
+
+class RedisClusterServer:
+    """A Redis Cluster of *primaries* nodes (no replicas), each a :class:`RedisServer`.
+
+    The slots are spread with ``redis-cli --cluster create``; :meth:`start`
+    returns once every node reports ``cluster_state:ok``. :attr:`url` points at
+    the first node: give it to ``redis.asyncio.RedisCluster.from_url``.
+
+    Args:
+        primaries: number of nodes, at least 3 (what ``redis-cli`` requires).
+        startup_timeout: seconds to wait for the cluster to become ready.
+    """
+
+    def __init__(self, *, primaries: int = 3, startup_timeout: float = 20.0) -> None:
+        if primaries < 3:
+            raise ValueError("a Redis Cluster needs at least 3 primaries")
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerError("redis-cli is not on PATH")
+        self._cli = cli
+        self.startup_timeout = startup_timeout
+        self.nodes = [
+            RedisServer(
+                port=free_cluster_port(),
+                args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            )
+            for _ in range(primaries)
+        ]
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when ``redis-server`` and ``redis-cli`` are on PATH."""
+        return RedisServer.available() and shutil.which("redis-cli") is not None
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            info = subprocess.run(
+                [self._cli, "-p", str(node.port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=5,
+            ).stdout
+            if "cluster_state:ok" not in info:
+                return False
+        return True
+
+    def start(self) -> RedisClusterServer:
+        """Start every node, create the cluster and wait until it serves all slots."""
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            created = subprocess.run(
+                [self._cli, "--cluster", "create", *addresses, "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            if created.returncode != 0:
+                raise RedisServerError(f"redis-cli --cluster create failed: {created.stdout}")
+            deadline = time.monotonic() + self.startup_timeout
+            while not self._ready():
+                if time.monotonic() > deadline:
+                    raise RedisServerError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,216 @@
+"""connect(): one shared pool, bounded PING, typed and redacted failures, TLS and ACL URLs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import MaxConnectionsError
+
+from aioredis_patterns import (
+    AioRedisPatternsError,
+    RedisUnavailable,
+    ScriptBook,
+    connect,
+    redact_url,
+)
+from aioredis_patterns.testing import RedisServer, free_port
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+PASSWORD = "s3cret-Pa55word"
+
+
+def every_message(exc: BaseException) -> str:
+    """The text of an exception and of every exception in its cause/context chain."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        parts += [str(seen), repr(seen)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose listener completes the TCP handshake but never answers a byte."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
+        yield server.getsockname()[1]
+
+
+class TestFailures:
+    async def test_closed_port_raises_redis_unavailable_within_timeout(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A closed port fails fast with RedisUnavailable naming host, port and db, no password."""
+        caplog.set_level(logging.DEBUG)
+        port = free_port()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable) as caught:
+            await connect(f"redis://app:{PASSWORD}@127.0.0.1:{port}/3", timeout=1.0)
+        assert time.monotonic() - started < 1.5
+        assert f"127.0.0.1:{port}/3" in str(caught.value)
+        assert isinstance(caught.value, AioRedisPatternsError)
+        assert PASSWORD not in every_message(caught.value)
+        assert PASSWORD not in caplog.text
+
+    async def test_silent_server_times_out_as_redis_unavailable(self, silent_port: int) -> None:
+        """A server that accepts but never answers raises RedisUnavailable after the timeout."""
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable, match="unavailable"):
+            await connect(f"redis://127.0.0.1:{silent_port}/0", timeout=0.5)
+        assert 0.4 < time.monotonic() - started < 2.0
+
+    async def test_refused_password_is_redacted(
+        self,
+        redis_server_factory: Callable[..., RedisServer],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A wrong password raises RedisUnavailable; neither password appears anywhere."""
+        caplog.set_level(logging.DEBUG)
+        server = redis_server_factory(args=("--requirepass", PASSWORD))
+        wrong = "wrong-" + PASSWORD
+        with pytest.raises(RedisUnavailable) as caught:
+            await connect(f"redis://:{wrong}@127.0.0.1:{server.port}/0", timeout=2.0)
+        text = every_message(caught.value)
+        assert wrong not in text
+        assert PASSWORD not in text
+        assert wrong not in caplog.text
+        client = await connect(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
+        assert await client.ping()
+        await client.aclose()
+
+    async def test_acl_user_url_authenticates_as_that_user(self, redis_server: RedisServer) -> None:
+        """A user:password@ URL logs in as that ACL user."""
+        admin = Redis.from_url(redis_server.url)
+        await admin.execute_command("ACL", "SETUSER", "app", "on", f">{PASSWORD}", "~*", "+@all")
+        await admin.aclose()
+        client = await connect(f"redis://app:{PASSWORD}@127.0.0.1:{redis_server.port}/0")
+        assert await client.acl_whoami() in (b"app", "app")
+        await client.aclose()
+
+    async def test_invalid_url_raises_redis_unavailable(self) -> None:
+        """A URL with an unknown scheme is refused with RedisUnavailable, password redacted."""
+        with pytest.raises(RedisUnavailable) as caught:
+            await connect(f"http://u:{PASSWORD}@localhost:6379/0")
+        assert PASSWORD not in str(caught.value)
+
+    def test_redact_url_hides_only_the_password(self) -> None:
+        """redact_url replaces the password with *** and keeps user, host, port and db."""
+        assert redact_url(f"redis://app:{PASSWORD}@cache:6380/2") == "redis://app:***@cache:6380/2"
+        assert redact_url(f"rediss://:{PASSWORD}@cache/0") == "rediss://:***@cache/0"
+        assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+class TestPool:
+    async def test_hundreds_of_tasks_wait_for_a_pooled_connection(self, redis_url: str) -> None:
+        """300 tasks on a 4-connection pool all succeed; redis-py's default pool raises instead."""
+        client = await connect(redis_url, max_connections=4, client_name="pool-test")
+        await client.delete("pool:counter")
+
+        async def work() -> None:
+            await client.incr("pool:counter")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(300):
+                tg.start_soon(work)
+        assert await client.get("pool:counter") == b"300"
+        ours = [c for c in await client.client_list() if c["name"] == "pool-test"]
+        assert 1 <= len(ours) <= 4
+        await client.aclose()
+
+        plain = Redis(connection_pool=ConnectionPool.from_url(redis_url, max_connections=4))
+        with pytest.raises(ExceptionGroup) as caught:  # noqa: PT012
+            async with anyio.create_task_group() as tg:
+                for _ in range(300):
+                    tg.start_soon(plain.incr, "pool:counter")
+        assert caught.value.subgroup(MaxConnectionsError) is not None
+        await plain.aclose()
+
+    async def test_hiredis_parser_is_active(self, redis_url: str) -> None:
+        """Connections of the client use the hiredis parser (hiredis is a dependency)."""
+        client = await connect(redis_url)
+        connection = await client.connection_pool.get_connection()
+        try:
+            assert type(connection._parser).__name__ == "_AsyncHiredisParser"
+        finally:
+            await client.connection_pool.release(connection)
+            await client.aclose()
+
+    async def test_connect_loads_every_script_once(self, redis_url: str) -> None:
+        """connect() loads the toolkit's scripts into the client's shared book at startup."""
+        client = await connect(redis_url)
+        book = ScriptBook.for_client(client)
+        assert book.stats.loads == len(book.scripts)
+        assert all(await client.script_exists(*(s.sha for s in book.scripts.values())))
+        await client.aclose()
+        lazy = await connect(redis_url, load_scripts=False)
+        assert ScriptBook.for_client(lazy).stats.loads == 0
+        await lazy.aclose()
+
+    async def test_commands_survive_a_server_restart_through_retry(
+        self, redis_server: RedisServer
+    ) -> None:
+        """After the server restarts, the next command reconnects by itself and succeeds."""
+        client = await connect(redis_server.url)
+        await client.set("k", "before")
+        await anyio.to_thread.run_sync(redis_server.restart)
+        assert await client.set("k", "after")
+        assert await client.get("k") == b"after"
+        await client.aclose()
+
+
+@pytest.fixture
+def tls_server(
+    tmp_path: Path, redis_server_factory: Callable[..., RedisServer]
+) -> tuple[RedisServer, int, Path]:
+    """A server with a TLS port and a self-signed certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the TLS test needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    server = redis_server_factory(
+        args=(
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no",
+        )
+    )  # fmt: skip
+    return server, tls_port, cert
+
+
+class TestTLS:
+    async def test_rediss_url_connects_over_tls(
+        self, tls_server: tuple[RedisServer, int, Path]
+    ) -> None:
+        """A rediss:// URL with a CA certificate connects and runs commands over TLS."""
+        _, tls_port, cert = tls_server
+        client = await connect(f"rediss://127.0.0.1:{tls_port}/0", ssl_ca_certs=str(cert))
+        assert await client.set("over", "tls")
+        assert await client.get("over") == b"tls"
+        await client.aclose()
+
+    async def test_untrusted_certificate_is_refused(
+        self, tls_server: tuple[RedisServer, int, Path]
+    ) -> None:
+        """Without the CA, certificate verification fails as RedisUnavailable."""
+        _, tls_port, _ = tls_server
+        with pytest.raises(RedisUnavailable):
+            await connect(f"rediss://127.0.0.1:{tls_port}/0", timeout=2.0)

@@ -1,0 +1,212 @@
+"""ScriptBook: load by SHA, NOSCRIPT fallback, pipelines, read-only scripts, error mapping."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from redis.asyncio import Redis
+
+from aioredis_patterns import (
+    AtomicOps,
+    InsufficientStock,
+    ScriptBook,
+    ScriptError,
+    register_error_code,
+)
+from aioredis_patterns._scripts import _BUILTINS
+from tests.conftest import command_calls
+
+SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
+
+
+class Oops(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+register_error_code("TEST_OOPS", Oops)
+
+
+async def run_every_atomic_op(ops: AtomicOps, redis: Redis) -> None:
+    await redis.set("stock", 10)
+    await redis.set("from", 10)
+    assert await ops.compare_and_swap("cas", None, "a") is True
+    assert await ops.increment_with_limit("counter", 1, 5) == 1
+    assert await ops.deduct_inventory("stock", 1) == 9
+    assert await ops.transfer("from", "to", 1) == (9, 1)
+
+
+class TestLoading:
+    async def test_every_lua_file_is_registered_with_its_local_sha(self, redis: Redis) -> None:
+        """A new book holds every script under lua/, each with the SHA1 of its source."""
+        book = ScriptBook(redis)
+        assert set(book.scripts) == set(_BUILTINS)
+        assert {"compare_and_swap", "transfer"} <= set(book.scripts)
+        for script in book.scripts.values():
+            assert script.sha == hashlib.sha1(script.source.encode()).hexdigest()
+
+    async def test_load_all_is_one_round_trip_and_matches_server_shas(self, redis: Redis) -> None:
+        """load_all sends one SCRIPT LOAD per script in one pipeline; the server agrees on SHAs."""
+        book = ScriptBook(redis)
+        before = await redis.info("stats")
+        await book.load_all()
+        after = await redis.info("stats")
+        assert book.stats.loads == len(book.scripts)
+        # total_commands_processed also counts the two INFO calls around it.
+        assert after["total_commands_processed"] - before["total_commands_processed"] == (
+            len(book.scripts) + 1
+        )
+        exists = await redis.script_exists(*(s.sha for s in book.scripts.values()))
+        assert all(exists)
+
+    async def test_one_book_per_client_shared_by_patterns(self, redis: Redis) -> None:
+        """for_client returns the same book for a client; scripts= overrides it."""
+        shared = ScriptBook.for_client(redis)
+        assert ScriptBook.for_client(redis) is shared
+        assert AtomicOps(redis)._book is shared
+        other = ScriptBook(redis)
+        assert AtomicOps(redis, scripts=other)._book is other
+
+    async def test_register_refuses_a_different_source_under_a_taken_name(
+        self, redis: Redis
+    ) -> None:
+        """Registering another source under an existing name raises instead of replacing."""
+        book = ScriptBook(redis)
+        book.register("mine", "return 1")
+        book.register("mine", "return 1")  # the same source again is fine
+        with pytest.raises(ValueError, match="already registered"):
+            book.register("mine", "return 2")
+
+
+class TestEvalsha:
+    async def test_after_load_all_operations_use_evalsha_only(
+        self, redis: Redis, book: ScriptBook
+    ) -> None:
+        """Once loaded, every operation is EVALSHA: INFO commandstats shows no EVAL."""
+        ops = AtomicOps(redis)
+        before = await command_calls(redis, *SCRIPT_COMMANDS)
+        await run_every_atomic_op(ops, redis)
+        after = await command_calls(redis, *SCRIPT_COMMANDS)
+        delta = {c: after[c] - before[c] for c in SCRIPT_COMMANDS}
+        assert delta == {"evalsha": 4, "evalsha_ro": 0, "eval": 0, "eval_ro": 0, "script|load": 0}
+        assert book.stats.eval_fallbacks == 0
+
+    async def test_after_script_flush_operations_fall_back_and_recache(
+        self, redis: Redis, book: ScriptBook
+    ) -> None:
+        """After SCRIPT FLUSH each operation succeeds via EVAL once, then EVALSHA again."""
+        ops = AtomicOps(redis)
+        await redis.script_flush()
+        before = await command_calls(redis, *SCRIPT_COMMANDS)
+        await run_every_atomic_op(ops, redis)
+        middle = await command_calls(redis, *SCRIPT_COMMANDS)
+        assert book.stats.eval_fallbacks == 4
+        assert middle["eval"] - before["eval"] == 4
+        assert middle["evalsha"] - before["evalsha"] == 4  # each met NOSCRIPT first
+        await redis.delete("cas", "counter", "to")
+        await run_every_atomic_op(ops, redis)
+        after = await command_calls(redis, *SCRIPT_COMMANDS)
+        assert after["eval"] == middle["eval"]
+        assert after["evalsha"] - middle["evalsha"] == 4
+        assert book.stats.eval_fallbacks == 4
+
+    async def test_err_prefixed_noscript_reply_also_falls_back(self, redis: Redis) -> None:
+        """A reply "ERR NOSCRIPT ..." (as some proxies send) triggers the EVAL fallback too."""
+        book = ScriptBook(redis, builtins=False)
+        # First run answers like a proxy that lost the script; the EVAL re-run succeeds.
+        book.register(
+            "proxy_like",
+            "if redis.call('SET', KEYS[1], 1, 'NX') then\n"
+            "  return redis.error_reply('ERR NOSCRIPT No matching script')\n"
+            "end\n"
+            "return 'ran'",
+        )
+        await book.load_all()
+        assert await book.run("proxy_like", ["seen"]) == b"ran"
+        assert book.stats.eval_fallbacks == 1
+
+    async def test_read_only_scripts_run_with_evalsha_ro(self, redis: Redis) -> None:
+        """A script whose first line is `#!lua flags=no-writes` is sent as EVALSHA_RO."""
+        book = ScriptBook(redis, builtins=False)
+        script = book.register("peek", "#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])")
+        assert script.read_only
+        await redis.set("k", "v")
+        await book.load_all()
+        before = await command_calls(redis, "evalsha_ro", "evalsha")
+        assert await book.run("peek", ["k"]) == b"v"
+        after = await command_calls(redis, "evalsha_ro", "evalsha")
+        assert after["evalsha_ro"] - before["evalsha_ro"] == 1
+        assert after["evalsha"] == before["evalsha"]
+
+
+class TestPipeline:
+    async def test_scripts_in_a_pipeline_after_script_flush_all_succeed(
+        self, redis: Redis, book: ScriptBook
+    ) -> None:
+        """A pipeline mixing scripts and commands after SCRIPT FLUSH returns every result right."""
+        await redis.script_flush()
+        await redis.set("stock", 5)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set("plain", "x")
+            book.queue(pipe, "deduct_inventory", ["stock"], [2, 1000])
+            book.queue(pipe, "increment_with_limit", ["counter"], [3, 10, 0])
+            pipe.get("plain")
+            book.queue(pipe, "deduct_inventory", ["stock"], [2, 1000])
+            results = await pipe.execute()
+        assert results == [True, 3, 3, b"x", 1]
+        assert book.stats.pipelined == 3
+        assert await redis.get("stock") == b"1"
+
+    async def test_script_errors_in_a_pipeline_translate_to_typed_exceptions(
+        self, redis: Redis, book: ScriptBook
+    ) -> None:
+        """With raise_on_error=False, translate() turns a script's error reply into its class."""
+        await redis.set("stock", 1)
+        async with redis.pipeline(transaction=False) as pipe:
+            book.queue(pipe, "deduct_inventory", ["stock"], [5, 1000])
+            pipe.get("stock")
+            results = await pipe.execute(raise_on_error=False)
+        error = book.translate("deduct_inventory", results[0])
+        assert isinstance(error, InsufficientStock)
+        assert (error.available, error.requested) == (1, 5)
+        assert results[1] == b"1"
+
+
+class TestErrors:
+    async def test_registered_error_code_maps_to_its_exception(self, redis: Redis) -> None:
+        """redis.error_reply('CODE detail') raises the class registered for CODE, with detail."""
+        book = ScriptBook(redis, builtins=False)
+        book.register("fails", "return redis.error_reply('TEST_OOPS something broke')")
+        with pytest.raises(Oops) as caught:
+            await book.run("fails")
+        assert caught.value.detail == "something broke"
+
+    async def test_error_raised_from_a_lua_helper_keeps_its_code(self, redis: Redis) -> None:
+        """error(redis.error_reply(...)) inside a function maps too, despite Redis's suffix."""
+        book = ScriptBook(redis, builtins=False)
+        book.register(
+            "nested",
+            "local function f() error(redis.error_reply('TEST_OOPS deep')) end\nf()\nreturn 1",
+        )
+        with pytest.raises(Oops) as caught:
+            await book.run("nested")
+        assert caught.value.detail == "deep"
+
+    async def test_unknown_error_raises_script_error_naming_the_script(self, redis: Redis) -> None:
+        """A runtime error without a known code raises ScriptError with the script's name."""
+        book = ScriptBook(redis, builtins=False)
+        book.register("bad_incr", "return redis.call('INCR', KEYS[1])")
+        await redis.set("text", "abc")
+        with pytest.raises(ScriptError, match="bad_incr") as caught:
+            await book.run("bad_incr", ["text"])
+        assert caught.value.script == "bad_incr"
+        assert "not an integer" in caught.value.detail
+
+    def test_error_codes_must_be_upper_case_words(self) -> None:
+        """register_error_code refuses lower-case codes and a second factory for a code."""
+        with pytest.raises(ValueError, match="upper-case"):
+            register_error_code("oops", Oops)
+        with pytest.raises(ValueError, match="already registered"):
+            register_error_code("TEST_OOPS", KeyError)
