@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
-from ._connection import connect, redact_url
+from ._connection import connect, connect_cluster, redact_url
 from ._exceptions import (
     AioRedisPatternsError,
     CrossSlotKeys,
@@ -58,6 +58,7 @@ __all__ = [
     "SerializationError",
     "__version__",
     "connect",
+    "connect_cluster",
     "redact_url",
     "register_error_code",
 ]

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._exceptions import RedisUnavailable
 from ._scripts import ScriptBook
 from ._validation import to_seconds
 
-__all__ = ["connect", "redact_url"]
+__all__ = ["connect", "connect_cluster", "redact_url"]
 
 logger = logging.getLogger("aioredis_patterns")
 
@@ -116,13 +116,65 @@ async def connect(
         raise RedisUnavailable(
             f"invalid Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
         ) from exc
-    client = Redis.from_pool(pool)
+    return await _checked(Redis.from_pool(pool), url, seconds, load_scripts=load_scripts)
+
+
+async def connect_cluster(
+    url: str = "redis://localhost:6379/0",
+    *,
+    timeout: float = 5.0,
+    max_connections: int = 256,
+    retries: int = 3,
+    health_check_interval: float = 15.0,
+    load_scripts: bool = True,
+    **options: Any,
+) -> RedisCluster:
+    """Connect to a Redis Cluster through any one of its nodes and check it answers.
+
+    The same defaults as :func:`connect`, for ``redis.asyncio.RedisCluster``: the
+    cluster's slot map is read, every primary answers PING, and the toolkit's
+    scripts are loaded on every primary. redis-py keeps one pool per node and has
+    no blocking variant for clusters, so *max_connections* (per node) is larger
+    here; past it a call raises instead of waiting.
+
+    Raises:
+        RedisUnavailable: no node answered, or the cluster did not answer within
+            *timeout*. The message names host and port only.
+    """
+    seconds = to_seconds(timeout, "timeout")
+    settings: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_connect_timeout": seconds,
+        "socket_timeout": seconds,
+        "socket_keepalive": True,
+        "health_check_interval": health_check_interval,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries),
+    }
+    settings.update(options)
+    try:
+        client = RedisCluster.from_url(url, **settings)
+    except (ValueError, RedisError) as exc:
+        raise RedisUnavailable(
+            f"invalid Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
+        ) from exc
+    return await _checked(client, url, seconds, load_scripts=load_scripts)
+
+
+_ClientT = TypeVar("_ClientT", Redis, RedisCluster)
+
+
+async def _checked(client: _ClientT, url: str, seconds: float, *, load_scripts: bool) -> _ClientT:
+    """PING *client* (every primary, on a cluster) and load the scripts, within *seconds*."""
     try:
         with anyio.fail_after(seconds):
-            await client.ping()
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
             if load_scripts:
                 await ScriptBook.for_client(client).load_all()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         with anyio.CancelScope(shield=True):
             await client.aclose()
         reason = _scrub(str(exc), url) or type(exc).__name__

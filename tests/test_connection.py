@@ -18,9 +18,11 @@ from redis.exceptions import MaxConnectionsError
 
 from aioredis_patterns import (
     AioRedisPatternsError,
+    AtomicOps,
     RedisUnavailable,
     ScriptBook,
     connect,
+    connect_cluster,
     redact_url,
 )
 from aioredis_patterns.testing import RedisServer, free_port
@@ -214,3 +216,31 @@ class TestTLS:
         _, tls_port, _ = tls_server
         with pytest.raises(RedisUnavailable):
             await connect(f"rediss://127.0.0.1:{tls_port}/0", timeout=2.0)
+
+
+class TestCluster:
+    async def test_connect_cluster_loads_scripts_on_every_primary(
+        self, redis_cluster_url: str
+    ) -> None:
+        """connect_cluster reads the slot map and loads every script on all three primaries."""
+        client = await connect_cluster(redis_cluster_url)
+        try:
+            book = ScriptBook.for_client(client)
+            shas = [s.sha for s in book.scripts.values()]
+            for node in client.get_primaries():
+                found = await client.execute_command("SCRIPT EXISTS", *shas, target_nodes=node)
+                assert all(found), node
+            ops = AtomicOps(client)
+            await client.set("{order:1}:stock", 3)
+            assert await ops.deduct_inventory("{order:1}:stock", 2) == 1
+        finally:
+            await client.aclose()
+
+    async def test_connect_cluster_to_a_closed_port_is_redis_unavailable(self) -> None:
+        """No node answering raises RedisUnavailable within the timeout, password redacted."""
+        port = free_port()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable) as caught:
+            await connect_cluster(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", timeout=1.0)
+        assert time.monotonic() - started < 2.0
+        assert PASSWORD not in every_message(caught.value)
