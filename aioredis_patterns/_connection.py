@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -19,8 +20,6 @@ from ._scripts import ScriptBook
 from ._validation import to_seconds
 
 __all__ = ["connect", "connect_cluster", "redact_url"]
-
-logger = logging.getLogger("aioredis_patterns")
 
 
 def redact_url(url: str) -> str:
@@ -99,23 +98,10 @@ async def connect(
             not answer within *timeout*. The message names host, port and db only.
     """
     seconds = to_seconds(timeout, "timeout")
-    settings: dict[str, Any] = {
-        "max_connections": max_connections,
-        "timeout": seconds,
-        "socket_connect_timeout": seconds,
-        "socket_timeout": seconds,
-        "socket_keepalive": True,
-        "health_check_interval": health_check_interval,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    settings.update(options)
-    try:
+    settings = _settings(seconds, max_connections, retries, health_check_interval, options)
+    settings["timeout"] = seconds  # the wait for a free pooled connection
+    with _invalid_url(url):
         pool = BlockingConnectionPool.from_url(url, **settings)
-    except (ValueError, RedisError) as exc:
-        raise RedisUnavailable(
-            f"invalid Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
-        ) from exc
     return await _checked(Redis.from_pool(pool), url, seconds, load_scripts=load_scripts)
 
 
@@ -142,22 +128,40 @@ async def connect_cluster(
             *timeout*. The message names host and port only.
     """
     seconds = to_seconds(timeout, "timeout")
-    settings: dict[str, Any] = {
+    settings = _settings(seconds, max_connections, retries, health_check_interval, options)
+    with _invalid_url(url):
+        client = RedisCluster.from_url(url, **settings)
+    return await _checked(client, url, seconds, load_scripts=load_scripts)
+
+
+def _settings(
+    seconds: float,
+    max_connections: int,
+    retries: int,
+    health_check_interval: float,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The defaults both clients share, overridden by the caller's *options*."""
+    return {
         "max_connections": max_connections,
         "socket_connect_timeout": seconds,
         "socket_timeout": seconds,
         "socket_keepalive": True,
         "health_check_interval": health_check_interval,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        **options,
     }
-    settings.update(options)
+
+
+@contextmanager
+def _invalid_url(url: str) -> Iterator[None]:
     try:
-        client = RedisCluster.from_url(url, **settings)
+        yield
     except (ValueError, RedisError) as exc:
         raise RedisUnavailable(
             f"invalid Redis URL {redact_url(url)}: {_scrub(str(exc), url)}"
         ) from exc
-    return await _checked(client, url, seconds, load_scripts=load_scripts)
 
 
 _ClientT = TypeVar("_ClientT", Redis, RedisCluster)
