@@ -28,6 +28,7 @@ from ._exceptions import (
     ScriptError,
     SerializationError,
 )
+from ._ratelimit import AsyncRateLimiter, Rate, RateLimitResult
 from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
 
 try:
@@ -37,6 +38,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "AioRedisPatternsError",
+    "AsyncRateLimiter",
     "AtomicOps",
     "CrossSlotKeys",
     "InsufficientBalance",
@@ -49,6 +51,8 @@ __all__ = [
     "NotAnInteger",
     "PubSubError",
     "QueueOverflow",
+    "Rate",
+    "RateLimitResult",
     "RateLimited",
     "RedisUnavailable",
     "Script",

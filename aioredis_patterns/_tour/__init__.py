@@ -19,13 +19,14 @@ import anyio
 
 from .._connection import connect, redact_url
 from .._exceptions import RedisUnavailable
-from . import atomic, basics
+from . import atomic, basics, ratelimit
 
 Step = Callable[[Any, Callable[[str], None]], Awaitable[None]]
 
 STEPS: list[tuple[str, Step]] = [
     ("connection and basic operations", basics.run),
     ("atomic operations", atomic.run),
+    ("rate limiting", ratelimit.run),
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"

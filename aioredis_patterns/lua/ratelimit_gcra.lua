@@ -1,0 +1,38 @@
+-- ratelimit_gcra
+-- KEYS[i] one string per limit: the theoretical arrival time (TAT), ms, as a decimal
+-- ARGV[1] now ms ('' = Redis TIME), ARGV[2] cost (integer >= 1),
+-- ARGV[3..] limit, window ms, burst per limit (same order as KEYS)
+-- With interval = window / limit: admits only when, for every limit,
+-- max(TAT, now) + cost * interval - burst * interval <= now; then stores that new TAT
+-- with PX = the time until the bucket is full again (>= 1 ms).
+-- A denied call writes nothing.
+-- returns {allowed 0/1, reported limit index, remaining, retry_after ms, reset_after ms,
+--   now ms}, the last three as strings
+-- errors: INVALID_ARGUMENT <detail>; BAD_STATE <key> (does not hold a number)
+-- #include _prelude
+-- #include _ratelimit
+local cost = arg_int(2, 'cost', 1)
+local limits = rl_limits(3, 3, false)
+local now = rl_now(false)
+
+local reads, allowed = {}, true
+for i, lim in ipairs(limits) do
+  reads[i] = gcra_read(KEYS[i], now, lim)
+  if not gcra_fits(reads[i], now, cost) then
+    allowed = false
+  end
+end
+
+if allowed then
+  for i = 1, #limits do
+    local tat = gcra_new_tat(reads[i], cost)
+    redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX',
+      math.max(1, math.ceil(tat - now)))
+  end
+end
+
+local states = {}
+for i = 1, #limits do
+  states[i] = gcra_state(reads[i], now, cost, allowed)
+end
+return rl_reply(allowed, states, now)

@@ -1,0 +1,24 @@
+#!lua flags=no-writes
+-- ratelimit_gcra_peek
+-- KEYS[i] one TAT string per limit (see ratelimit_gcra)
+-- ARGV[1] now ms ('' = Redis TIME), ARGV[2] cost (integer >= 1),
+-- ARGV[3..] limit, window ms, burst per limit
+-- Reports what ratelimit_gcra would decide for cost, changing nothing.
+-- returns {would be allowed 0/1, reported limit index, remaining, retry_after ms,
+--   reset_after ms, now ms}, the last three as strings
+-- errors: INVALID_ARGUMENT <detail>; BAD_STATE <key>
+-- #include _prelude
+-- #include _ratelimit
+local cost = arg_int(2, 'cost', 1)
+local limits = rl_limits(3, 3, false)
+local now = rl_now(false)
+
+local states, allowed = {}, true
+for i, lim in ipairs(limits) do
+  local s = gcra_read(KEYS[i], now, lim)
+  if not gcra_fits(s, now, cost) then
+    allowed = false
+  end
+  states[i] = gcra_state(s, now, cost, false)
+end
+return rl_reply(allowed, states, now)
