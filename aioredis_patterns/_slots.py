@@ -8,7 +8,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from ._exceptions import CrossSlotKeys
+from ._exceptions import CrossSlotKeys, InvalidArgument
 
 
 def _encode(key: str | bytes) -> bytes:
@@ -49,7 +49,16 @@ def derived_key(key: str, suffix: str) -> str:
     ``derived_key("lock:order:123", ":fence")`` is ``"{lock:order:123}:fence"``. A key
     that already carries a ``{hash tag}`` keeps it and just gets the suffix, so two
     keys sharing a tag never share a companion.
+
+    Raises:
+        InvalidArgument: *key* has a ``}`` but no non-empty tag (``"a{}b"``): Redis
+            hashes it whole, and no key with a suffix can land in its slot.
     """
     if _has_tag(key):
         return key + suffix
+    if "}" in key:
+        raise InvalidArgument(
+            f"key {key!r} has braces but no {{hash tag}}; companion keys cannot share its"
+            " cluster slot. Use a key with a tag, e.g. '{user:1}:profile', or no braces"
+        )
     return "{" + key + "}" + suffix

@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from aioredis_patterns import (
     AtomicOps,
     InsufficientStock,
+    InvalidArgument,
     ScriptBook,
     ScriptError,
     register_error_code,
 )
 from aioredis_patterns._scripts import _BUILTINS
+from aioredis_patterns._slots import derived_key, slot_of
 from tests.conftest import command_calls
 
 SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
@@ -210,3 +212,23 @@ class TestErrors:
             register_error_code("oops", Oops)
         with pytest.raises(ValueError, match="already registered"):
             register_error_code("TEST_OOPS", KeyError)
+
+
+class TestDerivedKeys:
+    @pytest.mark.parametrize(
+        "key",
+        ["lock:order:123", "user:{42}:profile", "a{b", "plain", "x{y}z{w}"],
+    )
+    async def test_companion_keys_share_the_slot_on_a_real_cluster(
+        self, redis_cluster: RedisCluster, key: str
+    ) -> None:
+        """derived_key's companion hashes to the key's own slot, as the cluster computes it."""
+        companion = derived_key(key, ":meta")
+        slots = [await redis_cluster.cluster_keyslot(k) for k in (key, companion)]
+        assert slots[0] == slots[1] == slot_of(key)
+
+    @pytest.mark.parametrize("key", ["a{}b", "a}b", "{}", "{}{x}"])
+    def test_keys_whose_slot_no_companion_can_share_are_refused(self, key: str) -> None:
+        """A key with braces but no usable tag raises InvalidArgument rather than mis-slotting."""
+        with pytest.raises(InvalidArgument, match="no \\{hash tag\\}"):
+            derived_key(key, ":meta")
