@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
+from ._cache import AsyncCache, CacheStats
 from ._connection import connect, connect_cluster, redact_url
 from ._exceptions import (
     AioRedisPatternsError,
@@ -30,6 +31,7 @@ from ._exceptions import (
 )
 from ._ratelimit import AsyncRateLimiter, Rate, RateLimitResult
 from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
+from ._serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
 
 try:
     __version__ = _metadata.version("aioredis_patterns")
@@ -38,17 +40,22 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "AioRedisPatternsError",
+    "AsyncCache",
     "AsyncRateLimiter",
     "AtomicOps",
+    "CacheStats",
     "CrossSlotKeys",
     "InsufficientBalance",
     "InsufficientStock",
     "InvalidArgument",
+    "JsonSerializer",
     "LimitExceeded",
     "LockError",
     "LockLost",
     "LockNotAcquired",
+    "MsgpackSerializer",
     "NotAnInteger",
+    "PickleSerializer",
     "PubSubError",
     "QueueOverflow",
     "Rate",
@@ -60,6 +67,7 @@ __all__ = [
     "ScriptError",
     "ScriptStats",
     "SerializationError",
+    "Serializer",
     "__version__",
     "connect",
     "connect_cluster",

@@ -19,7 +19,7 @@ import anyio
 
 from .._connection import connect, redact_url
 from .._exceptions import RedisUnavailable
-from . import atomic, basics, ratelimit
+from . import atomic, basics, cache, ratelimit
 
 Step = Callable[[Any, Callable[[str], None]], Awaitable[None]]
 
@@ -27,6 +27,7 @@ STEPS: list[tuple[str, Step]] = [
     ("connection and basic operations", basics.run),
     ("atomic operations", atomic.run),
     ("rate limiting", ratelimit.run),
+    ("cache-aside without the stampede", cache.run),
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"

@@ -1,0 +1,1036 @@
+"""AsyncCache against real Redis servers: stampedes, leases, XFetch, corruption, fail-open."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from aioredis_patterns import (
+    AsyncCache,
+    InvalidArgument,
+    RedisUnavailable,
+    SerializationError,
+    connect,
+)
+from aioredis_patterns.testing import RedisServer
+
+WORKER = Path(__file__).with_name("_cache_worker.py")
+MISSING = object()
+
+
+class Loader:
+    """An async loader that counts its calls and the tasks it ran in."""
+
+    def __init__(
+        self,
+        make: Callable[[int], Any] = lambda n: {"n": n},
+        *,
+        delay: float = 0.0,
+        error: Exception | None = None,
+        gate: anyio.Event | None = None,
+    ) -> None:
+        self.make = make
+        self.delay = delay
+        self.error = error
+        self.gate = gate
+        self.calls = 0
+        self.cancelled = 0
+        self.tasks: set[int] = set()
+
+    async def __call__(self) -> Any:
+        self.calls += 1
+        n = self.calls
+        self.tasks.add(anyio.get_current_task().id)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.delay:
+                await anyio.sleep(self.delay)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+        return self.make(n)
+
+
+class CountingRedis(Redis):
+    """A real client that counts round trips: single commands and pipeline executions."""
+
+    round_trips = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.round_trips += 1
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        run = pipe.execute
+        outer = self
+
+        async def execute(raise_on_error: bool = True) -> Any:
+            outer.round_trips += 1
+            return await run(raise_on_error)
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def counting_client(url: str) -> CountingRedis:
+    client = CountingRedis.from_url(url)
+    assert isinstance(client, CountingRedis)
+    return client
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    # Polling, not an Event: the conditions are counters in code under test.
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
+async def until_redis(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await check():  # noqa: ASYNC110 - the condition lives in Redis
+            await anyio.sleep(0.01)
+
+
+@pytest.fixture
+def make_cache(redis: Redis) -> Callable[..., AsyncCache]:
+    def make(**options: Any) -> AsyncCache:
+        return AsyncCache(redis, **options)
+
+    return make
+
+
+class TestPlainOperations:
+    async def test_get_tells_a_stored_none_from_a_miss(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A stored None comes back as None; a miss returns the default."""
+        cache = make_cache(namespace="p:")
+        await cache.set("none", None)
+        assert await redis.get("p:none") == b"null"
+        assert await cache.get("none", MISSING) is None
+        assert await cache.get("absent", MISSING) is MISSING
+        assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+    async def test_set_uses_namespace_and_ttl(self, make_cache: Callable[..., AsyncCache], redis):
+        """set() writes namespace+key with a PX ttl from float seconds or a timedelta."""
+        cache = make_cache(namespace="p:", ttl=30)
+        await cache.set("a", {"x": 1})
+        await cache.set("b", [1, 2], ttl=timedelta(seconds=5))
+        assert 29_000 < await redis.pttl("p:a") <= 30_000
+        assert 4_000 < await redis.pttl("p:b") <= 5_000
+        assert await cache.get("a") == {"x": 1}
+
+    async def test_no_ttl_means_no_expiry(self, make_cache: Callable[..., AsyncCache], redis):
+        """Without a ttl the key has no expiry."""
+        cache = make_cache()
+        await cache.set("forever", 1)
+        assert await redis.pttl("forever") == -1
+
+    async def test_jitter_only_shortens_the_ttl(self, make_cache: Callable[..., AsyncCache], redis):
+        """TTLs with jitter 0.2 spread within (0.8*ttl, ttl], never beyond ttl."""
+        cache = make_cache(namespace="j:", ttl=100, jitter=0.2)
+        await cache.set_many({str(i): i for i in range(50)})
+        ttls = [await redis.pttl(f"j:{i}") for i in range(50)]
+        assert all(80_000 - 100 <= t <= 100_000 for t in ttls)
+        assert len(set(ttls)) > 10
+
+    async def test_jitter_is_drawn_from_rand(self, make_cache: Callable[..., AsyncCache], redis):
+        """The largest draw of rand() removes jitter*ttl; a draw of 0 keeps the full ttl."""
+        await make_cache(namespace="lo:", ttl=10, jitter=0.5, rand=lambda: 0.999).set("k", 1)
+        await make_cache(namespace="hi:", ttl=10, jitter=0.5, rand=lambda: 0.0).set("k", 1)
+        assert 4_900 < await redis.pttl("lo:k") <= 5_005
+        assert 9_900 < await redis.pttl("hi:k") <= 10_000
+
+    async def test_get_many_returns_found_keys_in_one_round_trip(self, redis_url):
+        """get_many returns only the stored keys, with one MGET round trip."""
+        client = counting_client(redis_url)
+        try:
+            cache = AsyncCache(client, namespace="gm:")
+            await cache.set_many({"a": 1, "b": None, "c": [3]})
+            before = client.round_trips
+            found = await cache.get_many(["a", "b", "missing", "c"])
+            assert client.round_trips - before == 1
+            assert found == {"a": 1, "b": None, "c": [3]}
+            assert await cache.get_many([]) == {}
+        finally:
+            await client.aclose()
+
+    async def test_set_many_writes_every_key_in_one_round_trip(self, redis_url):
+        """set_many writes all items with their TTLs in one pipeline round trip."""
+        client = counting_client(redis_url)
+        try:
+            cache = AsyncCache(client, namespace="sm:", ttl=20)
+            before = client.round_trips
+            await cache.set_many({f"k{i}": i for i in range(20)})
+            assert client.round_trips - before == 1
+            assert await client.mget([f"sm:k{i}" for i in range(20)]) == [
+                str(i).encode() for i in range(20)
+            ]
+            assert 19_000 < await client.pttl("sm:k7") <= 20_000
+        finally:
+            await client.aclose()
+
+    async def test_delete_and_exists_count_keys(self, make_cache: Callable[..., AsyncCache], redis):
+        """delete() returns how many existed and removes side keys; exists() counts like EXISTS."""
+        cache = make_cache(namespace="d:", ttl=30)
+        await cache.set_many({"a": 1, "b": 2})
+        await cache.get_or_load("c", Loader())
+        assert await redis.exists("{d:c}:meta") == 1
+        assert await cache.exists("a", "b", "c", "zzz", "a") == 4
+        assert await cache.delete("a", "c", "zzz") == 2
+        assert await cache.exists("a", "b", "c") == 1
+        assert await redis.exists("{d:c}:meta") == 0
+        assert await cache.delete() == 0
+
+    async def test_unencodable_value_raises_type_error_before_any_write(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """An unencodable value raises SerializationError (a TypeError) and writes nothing."""
+        cache = make_cache(namespace="u:")
+        with pytest.raises(TypeError) as info:
+            await cache.set("k", object())
+        assert isinstance(info.value, SerializationError)
+        with pytest.raises(SerializationError):
+            await cache.set_many({"good": 1, "bad": {1, 2}})
+        assert await redis.keys("*") == []
+
+    async def test_loader_value_that_cannot_be_encoded_raises_and_frees_the_lease(
+        self, make_cache, redis
+    ):
+        """get_or_load raises SerializationError for an unencodable result and keeps nothing."""
+        cache = make_cache(namespace="u:")
+        with pytest.raises(SerializationError):
+            await cache.get_or_load("k", Loader(lambda n: float("nan")))
+        assert await redis.keys("*") == []
+
+    async def test_bad_arguments_are_refused_before_any_round_trip(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Bad ttl, jitter, beta, serializer or key raise InvalidArgument and write nothing."""
+        for options in (
+            {"ttl": 0},
+            {"ttl": -1.0},
+            {"jitter": 1.0},
+            {"jitter": -0.1},
+            {"early_refresh": float("nan")},
+            {"serializer": "yaml"},
+            {"lease_ttl": 0},
+            {"negative_ttl": math.inf},
+        ):
+            with pytest.raises(InvalidArgument):
+                make_cache(**options)
+        cache = make_cache()
+        with pytest.raises(InvalidArgument):
+            await cache.set("", 1)
+        with pytest.raises(InvalidArgument):
+            await cache.set("k", 1, ttl=float("nan"))
+        with pytest.raises(InvalidArgument):
+            await cache.get_or_load("k", Loader(), ttl=0)
+        assert await redis.keys("*") == []
+
+
+class TestSeedLayout:
+    async def test_user_namespace_writes_plain_json_with_ttl(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """namespace="user:" stores plain JSON with a PX TTL at user:<id>, as Go's GetUser reads."""
+        cache = make_cache(namespace="user:", ttl=timedelta(minutes=30))
+        user = {"id": "42", "name": "Ann", "tags": ["a"], "age": 7}
+        got = await cache.get_or_load("42", Loader(lambda n: user))
+        assert got == user
+        raw = await redis.get("user:42")
+        assert raw == b'{"id":"42","name":"Ann","tags":["a"],"age":7}'
+        assert json.loads(raw) == user
+        assert 29 * 60_000 < await redis.pttl("user:42") <= 30 * 60_000
+
+    async def test_reads_values_written_by_another_language(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A plain SET of JSON by another writer is a hit; the loader is not called."""
+        await redis.set("user:7", b'{"id":"7","name":"Bo"}', px=60_000)
+        cache = make_cache(namespace="user:")
+        loader = Loader()
+        assert await cache.get_or_load("7", loader) == {"id": "7", "name": "Bo"}
+        assert loader.calls == 0
+
+    async def test_a_hit_is_one_round_trip(self, redis_url):
+        """get_or_load on a stored key costs exactly one round trip (value, PTTL and metadata)."""
+        client = counting_client(redis_url)
+        try:
+            for beta in (1.0, 0.0):
+                cache = AsyncCache(client, namespace=f"rt{beta}:", ttl=60, rand=lambda: 0.0)
+                await cache.get_or_load("k", Loader(), ttl=60)
+                before = client.round_trips
+                await cache.get_or_load("k", Loader())
+                assert client.round_trips - before == 1
+        finally:
+            await client.aclose()
+
+    async def test_metadata_side_key_holds_the_load_time(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """The load time (ms) is kept at {key}:meta with the value's TTL; beta 0 writes none."""
+        cache = make_cache(namespace="m:", ttl=60)
+        await cache.get_or_load("k", Loader(delay=0.05))
+        delta = int(await redis.get("{m:k}:meta"))
+        assert 50 <= delta < 2_000
+        assert abs(await redis.pttl("{m:k}:meta") - await redis.pttl("m:k")) < 100
+        plain = make_cache(namespace="m0:", ttl=60, early_refresh=0)
+        await plain.get_or_load("k", Loader())
+        assert await redis.exists("{m0:k}:meta") == 0
+        assert await redis.keys("*lease*") == []
+
+
+class TestSingleFlight:
+    async def test_100_concurrent_cold_calls_load_once(self, make_cache: Callable[..., AsyncCache]):
+        """100 concurrent get_or_load calls on a cold key share one loader call."""
+        cache = make_cache(namespace="sf:", ttl=30)
+        loader = Loader(delay=0.1)
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("cold", loader))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(call)
+        assert loader.calls == 1
+        assert results == [{"n": 1}] * 100
+        assert cache.stats.loads == 1
+        assert cache.stats.coalesced == 99
+
+    async def test_loader_error_reaches_every_waiter_and_is_not_cached(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A loader error reaches all 20 sharing callers and is not cached: the next call loads."""
+        cache = make_cache(namespace="err:", ttl=30)
+        failing = Loader(delay=0.05, error=LookupError("db down"))
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await cache.get_or_load("k", failing)
+            except LookupError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(call)
+        assert failing.calls == 1
+        assert len(errors) == 20
+        assert all(str(e) == "db down" for e in errors)
+        assert cache.stats.load_errors == 1
+        assert await redis.keys("*") == []
+        assert await cache.get_or_load("k", Loader(lambda n: "ok")) == "ok"
+
+    async def test_a_cancelled_waiter_leaves_the_load_to_the_others(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """Cancelling one waiter neither cancels the shared load nor affects the other waiters."""
+        cache = make_cache(namespace="cw:", ttl=30)
+        gate = anyio.Event()
+        loader = Loader(gate=gate)
+        results: list[Any] = []
+        scope = anyio.CancelScope()
+
+        async def waiter_to_cancel() -> None:
+            with scope:
+                await cache.get_or_load("k", loader)
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("k", loader))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await eventually(lambda: loader.calls == 1)
+            tg.start_soon(waiter_to_cancel)
+            tg.start_soon(call)
+            await eventually(lambda: cache.stats.coalesced == 2)
+            scope.cancel()
+            await anyio.sleep(0.02)
+            gate.set()
+        assert scope.cancelled_caught
+        assert results == [{"n": 1}, {"n": 1}]
+        assert loader.calls == 1
+
+    async def test_without_task_group_a_cancelled_leader_hands_over(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Outside `async with`, cancelling the caller that loads makes a waiter load again."""
+        cache = make_cache(namespace="lc:", ttl=30)
+        gate = anyio.Event()
+        loader = Loader(lambda n: f"load {n}", gate=gate)
+        results: list[Any] = []
+        scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with scope:
+                await cache.get_or_load("k", loader)
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("k", loader))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            await eventually(lambda: loader.calls == 1)
+            for _ in range(3):
+                tg.start_soon(call)
+            await eventually(lambda: cache.stats.coalesced == 3)
+            scope.cancel()
+            await eventually(lambda: loader.calls == 2)
+            gate.set()
+        assert loader.cancelled == 1
+        assert results == ["load 2"] * 3
+        assert await redis.get("lc:k") == b'"load 2"'
+
+    async def test_in_task_group_the_load_survives_its_starter(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """In `async with cache:`, a load outlives the cancelled caller that started it."""
+        cache = make_cache(namespace="tg:", ttl=30)
+        gate = anyio.Event()
+        loader = Loader(lambda n: f"load {n}", gate=gate)
+        results: list[Any] = []
+        scope = anyio.CancelScope()
+
+        async def starter() -> None:
+            with scope:
+                await cache.get_or_load("k", loader)
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("k", loader))
+
+        async with cache, anyio.create_task_group() as tg:
+            tg.start_soon(starter)
+            await eventually(lambda: loader.calls == 1)
+            tg.start_soon(call)
+            tg.start_soon(call)
+            await eventually(lambda: cache.stats.coalesced == 2)
+            scope.cancel()
+            await anyio.sleep(0.02)
+            gate.set()
+        assert results == ["load 1", "load 1"]
+        assert loader.calls == 1
+        assert loader.cancelled == 0
+
+    async def test_in_task_group_the_load_stops_when_every_waiter_left(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """In `async with cache:`, a load stops when all its callers left, and frees its lease."""
+        cache = make_cache(namespace="tga:", ttl=30)
+        loader = Loader(gate=anyio.Event())
+        scopes = [anyio.CancelScope(), anyio.CancelScope()]
+
+        async def call(scope: anyio.CancelScope) -> None:
+            with scope:
+                await cache.get_or_load("k", loader)
+
+        async with cache, anyio.create_task_group() as tg:
+            for scope in scopes:
+                tg.start_soon(call, scope)
+            await eventually(lambda: loader.calls == 1 and cache.stats.coalesced == 1)
+            assert await redis.exists("{tga:k}:lease") == 1
+            scopes[0].cancel()
+            await anyio.sleep(0.02)
+            assert loader.cancelled == 0
+            scopes[1].cancel()
+            await eventually(lambda: loader.cancelled == 1)
+        await until_redis(lambda: _absent(redis, "{tga:k}:lease"))
+        assert await redis.exists("tga:k") == 0
+
+
+async def _absent(redis: Redis, key: str) -> bool:
+    return await redis.exists(key) == 0
+
+
+class TestLease:
+    async def test_separate_clients_missing_at_once_load_once(self, redis_url):
+        """Five caches on five connections (like five processes), 20 callers each: one load."""
+        clients = [Redis.from_url(redis_url) for _ in range(5)]
+        try:
+            caches = [AsyncCache(c, namespace="ls:", ttl=30) for c in clients]
+            loader = Loader(delay=0.2)
+            results: list[Any] = []
+
+            async def call(cache: AsyncCache) -> None:
+                results.append(await cache.get_or_load("k", loader))
+
+            async with anyio.create_task_group() as tg:
+                for cache in caches:
+                    for _ in range(20):
+                        tg.start_soon(call, cache)
+            assert loader.calls == 1
+            assert results == [{"n": 1}] * 100
+            assert sum(c.stats.lease_waits for c in caches) == 4
+            assert await clients[0].exists("{ls:k}:lease") == 0
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    async def test_an_abandoned_lease_delays_the_load_until_it_expires(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A lease left by a dead holder makes a caller wait for its expiry, then load itself."""
+        await redis.set("{al:k}:lease", "dead-holder", px=600)
+        cache = make_cache(namespace="al:", ttl=30)
+        loader = Loader()
+        started = time.perf_counter()
+        assert await cache.get_or_load("k", loader) == {"n": 1}
+        waited = time.perf_counter() - started
+        assert 0.45 <= waited < 2.0
+        assert loader.calls == 1
+        assert cache.stats.lease_waits == 1
+
+    async def test_set_during_a_load_wins_over_the_load(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """set() during a load invalidates its lease: the older loaded value is not written."""
+        cache = make_cache(namespace="inv:", ttl=30)
+        gate = anyio.Event()
+        loader = Loader(lambda n: "from the loader", gate=gate)
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("k", loader))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await eventually(lambda: loader.calls == 1)
+            await cache.set("k", "explicit")
+            gate.set()
+        assert results == ["from the loader"]
+        assert await cache.get("k") == "explicit"
+
+    async def test_delete_during_a_load_keeps_the_load_from_writing(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """delete() during a load keeps its (possibly stale) result out of the cache."""
+        cache = make_cache(namespace="inv:", ttl=30)
+        gate = anyio.Event()
+        loader = Loader(lambda n: f"load {n}", gate=gate)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cache.get_or_load, "k", loader)
+            await eventually(lambda: loader.calls == 1)
+            assert await cache.delete("k") == 0
+            gate.set()
+        assert await redis.exists("inv:k") == 0
+        assert await cache.get_or_load("k", Loader(lambda n: "fresh")) == "fresh"
+
+
+def _run_worker_command(url: str, go_list: str, *extra: str) -> list[str]:
+    return [sys.executable, str(WORKER), url, go_list, *extra]
+
+
+@pytest.mark.slow
+class TestAcrossProcesses:
+    async def test_four_processes_missing_at_once_load_once(self, redis_url, redis):
+        """Four OS processes released together onto a cold key call the loader once in total."""
+        outputs: list[dict[str, Any]] = []
+
+        async def worker() -> None:
+            done = await anyio.run_process(
+                _run_worker_command(redis_url, "mp:go", "--delay", "0.3"), check=True
+            )
+            outputs.append(json.loads(done.stdout))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(worker)
+            await until_redis(lambda: _count(redis, "mp:ready", 4), timeout=60)
+            await redis.rpush("mp:go", *["go"] * 4)
+        assert int(await redis.get("mp:calls")) == 1
+        assert len({o["pid"] for o in outputs}) == 4
+        assert len({json.dumps(o["value"]) for o in outputs}) == 1
+        assert sorted(o["loads"] for o in outputs) == [0, 0, 0, 1]
+        assert sum(o["lease_waits"] for o in outputs) == 3
+
+    async def test_killed_lease_holder_is_replaced_within_the_lease_time(self, redis_url, redis):
+        """SIGKILL the lease holder mid-load: another process loads once the lease expires."""
+        lease_ttl = 1.5
+        common = ["--lease-ttl", str(lease_ttl)]
+        holder = await anyio.open_process(
+            _run_worker_command(redis_url, "mp:go:a", *common, "--delay", "3600")
+        )
+        outputs: list[dict[str, Any]] = []
+
+        async def successor() -> None:
+            done = await anyio.run_process(
+                _run_worker_command(redis_url, "mp:go:b", *common, "--delay", "0"), check=True
+            )
+            outputs.append(json.loads(done.stdout))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(successor)
+                await until_redis(lambda: _count(redis, "mp:ready", 2), timeout=60)
+                await redis.rpush("mp:go:a", "go")
+                await until_redis(lambda: _count(redis, "mp:calls", 1))
+                await redis.rpush("mp:go:b", "go")
+                await anyio.sleep(0.3)
+                killed_at = time.perf_counter()
+                holder.kill()
+                await holder.wait()
+                await eventually(lambda: bool(outputs), timeout=lease_ttl + 5)
+                replaced_after = time.perf_counter() - killed_at
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+            await holder.aclose()
+        starts = [int(t) for t in await redis.lrange("mp:starts", 0, -1)]
+        print(
+            f"\nsuccessor loaded {starts[1] - starts[0]} ms after the holder (lease "
+            f"{lease_ttl * 1000:.0f} ms), {replaced_after * 1000:.0f} ms after the SIGKILL"
+        )
+        assert int(await redis.get("mp:calls")) == 2
+        assert outputs[0]["loads"] == 1
+        assert outputs[0]["lease_waits"] == 1
+        # The successor waited for the dead holder's lease to expire, and no longer.
+        assert lease_ttl * 1000 - 50 <= starts[1] - starts[0] <= lease_ttl * 1000 + 700
+        assert replaced_after < lease_ttl + 2.0  # wall clock, includes the process exit
+
+
+async def _count(redis: Redis, key: str, expected: int) -> bool:
+    value = await redis.get(key)
+    return value is not None and int(value) >= expected
+
+
+class TestEarlyRefresh:
+    async def test_xfetch_draw_near_expiry_reloads_inline(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """delta*beta*-ln(U) >= PTTL reloads the value early; the new one is returned."""
+        cache = make_cache(namespace="xf:", ttl=0.3, rand=lambda: 1 - 1e-10)
+        loader = Loader(lambda n: f"v{n}", delay=0.02)
+        assert await cache.get_or_load("k", loader) == "v1"
+        assert await cache.get_or_load("k", loader) == "v2"
+        assert cache.stats.early_refreshes == 1
+        assert cache.stats.misses == 1
+        assert await redis.get("xf:k") == b'"v2"'
+
+    async def test_one_process_refreshes_while_the_others_serve_the_value(self, redis_url):
+        """Five caches on five connections all draw a refresh at once: one reloads, four don't."""
+        clients = [Redis.from_url(redis_url) for _ in range(5)]
+        try:
+            caches = [
+                AsyncCache(c, namespace="xfp:", ttl=0.5, rand=lambda: 1 - 1e-10) for c in clients
+            ]
+            loader = Loader(lambda n: f"v{n}", delay=0.05)
+            await caches[0].get_or_load("k", loader)
+            results: list[Any] = []
+
+            async def call(cache: AsyncCache) -> None:
+                results.append(await cache.get_or_load("k", loader))
+
+            async with anyio.create_task_group() as tg:
+                for cache in caches:
+                    tg.start_soon(call, cache)
+            assert loader.calls == 2
+            assert sorted(results) == ["v1", "v1", "v1", "v1", "v2"]
+            assert sum(c.stats.early_refreshes for c in caches) == 1
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    async def test_no_early_refresh_when_the_draw_is_far_from_expiry(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """With U=1 (-ln U = 0) a value is never refreshed before it expires."""
+        cache = make_cache(namespace="xf0:", ttl=0.3, rand=lambda: 0.0)
+        loader = Loader(lambda n: f"v{n}", delay=0.02)
+        for _ in range(5):
+            assert await cache.get_or_load("k", loader) == "v1"
+        assert cache.stats.early_refreshes == 0
+
+    async def test_background_refresh_returns_the_current_value_at_once(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """In `async with cache:` the reader gets the current value; the reload runs apart."""
+        cache = make_cache(namespace="bg:", ttl=0.5, rand=lambda: 1 - 1e-10)
+        loader = Loader(lambda n: f"v{n}", delay=0.05)
+        async with cache:
+            assert await cache.get_or_load("k", loader) == "v1"
+            assert await cache.get_or_load("k", loader) == "v1"
+            await eventually(lambda: loader.calls == 2)
+            await until_redis(lambda: _holds(redis, "bg:k", b'"v2"'))
+        assert cache.stats.early_refreshes == 1
+
+    async def test_failed_refresh_keeps_the_current_value(
+        self, make_cache: Callable[..., AsyncCache], caplog
+    ):
+        """A loader error in an early refresh is logged; the reader gets the still-valid value."""
+        cache = make_cache(namespace="fr:", ttl=0.3, rand=lambda: 1 - 1e-10)
+        await cache.get_or_load("k", Loader(lambda n: "good", delay=0.02))
+        with caplog.at_level(logging.WARNING, logger="aioredis_patterns.cache"):
+            value = await cache.get_or_load("k", Loader(error=RuntimeError("db hiccup")))
+        assert value == "good"
+        assert cache.stats.load_errors == 1
+        assert "early refresh" in caplog.text
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+    async def test_steady_load_loads_about_once_per_ttl_and_never_misses(
+        self, make_cache, background
+    ):
+        """Ten readers over three TTLs: about one load per TTL, and after warm-up no cold miss."""
+        ttl, periods, delay = 1.5, 3, 0.1
+        cache = make_cache(namespace="steady:", ttl=ttl)
+        loader = Loader(delay=delay)
+        latencies: list[float] = []
+        reader_tasks: set[int] = set()
+        lags: list[float] = []
+
+        async def reader(deadline: float) -> None:
+            reader_tasks.add(anyio.get_current_task().id)
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await cache.get_or_load("k", loader)
+                latencies.append(time.perf_counter() - started)
+                await anyio.sleep(0.01)
+
+        async def lag_monitor(deadline: float) -> None:
+            # How late a 10 ms sleep wakes: the event loop's (or the machine's) stalls.
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await anyio.sleep(0.01)
+                lags.append(time.perf_counter() - started - 0.01)
+
+        async def run() -> None:
+            await cache.get_or_load("k", loader)
+            deadline = time.perf_counter() + ttl * periods
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lag_monitor, deadline)
+                for _ in range(10):
+                    tg.start_soon(reader, deadline)
+
+        if background:
+            async with cache:
+                await run()
+        else:
+            await run()
+        loads = cache.stats.loads - 1
+        print(
+            f"\n{'background' if background else 'inline'}: {len(latencies)} reads, "
+            f"{loads} loads in {periods} TTLs, early refreshes {cache.stats.early_refreshes}, "
+            f"latency p50 {statistics.median(latencies) * 1000:.2f} ms "
+            f"p99 {statistics.quantiles(latencies, n=100)[98] * 1000:.2f} ms "
+            f"max {max(latencies) * 1000:.2f} ms; event-loop lag max {max(lags) * 1000:.1f} ms"
+        )
+        # XFetch starts a reload about 0.45 s before expiry here (delta*ln(reads/s*delta)).
+        # A process frozen for longer than that cannot reload in time, whatever the
+        # cache does; the lag monitor shows whether the machine did that to this run.
+        frozen = max(lags) > 0.3
+        assert cache.stats.misses == 1 or frozen  # the warm-up call only
+        assert 0.6 * periods <= loads <= 2 * periods
+        assert cache.stats.early_refreshes == loads or frozen
+        if background:
+            # No reader ever ran the loader: every reload ran in the cache's task group.
+            assert not loader.tasks & reader_tasks
+            assert max(latencies) < delay * 20
+
+
+async def _holds(redis: Redis, key: str, value: bytes) -> bool:
+    return await redis.get(key) == value
+
+
+class TestCorruptValues:
+    async def test_corrupt_value_is_a_logged_miss_and_is_overwritten(
+        self, make_cache, redis, caplog
+    ):
+        """Bytes that do not decode are logged, treated as a miss, reloaded and overwritten."""
+        await redis.set("c:k", b"{not json", px=60_000)
+        cache = make_cache(namespace="c:", ttl=60)
+        loader = Loader(lambda n: {"ok": True})
+        with caplog.at_level(logging.WARNING, logger="aioredis_patterns.cache"):
+            assert await cache.get_or_load("k", loader) == {"ok": True}
+        assert loader.calls == 1
+        assert json.loads(await redis.get("c:k")) == {"ok": True}
+        assert cache.stats.corrupt == 1
+        assert "does not decode" in caplog.text
+        assert await cache.get_or_load("k", loader) == {"ok": True}
+        assert loader.calls == 1
+
+    async def test_corrupt_value_found_by_a_lease_waiter_is_overwritten(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A corrupt value that appears while waiting for a lease is also replaced, not returned."""
+        await redis.set("{c2:k}:lease", "other", px=200)
+        cache = make_cache(namespace="c2:", ttl=60)
+
+        async def corrupt_then_free() -> None:
+            await anyio.sleep(0.05)
+            await redis.set("c2:k", b"\xff\xfe", px=60_000)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(corrupt_then_free)
+            assert await cache.get_or_load("k", Loader(lambda n: "clean")) == "clean"
+        assert await redis.get("c2:k") == b'"clean"'
+
+    async def test_get_and_get_many_skip_corrupt_values(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """get() returns the default and get_many() leaves out a value that does not decode."""
+        await redis.set("c3:bad", b"\x80garbage")
+        await redis.set("c3:good", b"1")
+        cache = make_cache(namespace="c3:")
+        assert await cache.get("bad", "default") == "default"
+        assert await cache.get_many(["bad", "good"]) == {"good": 1}
+        assert cache.stats.corrupt == 2
+
+
+class TestNegativeCaching:
+    async def test_none_results_are_not_cached_by_default(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """A loader returning None is called again next time; nothing is stored."""
+        cache = make_cache(namespace="n:", ttl=60)
+        loader = Loader(lambda n: None)
+        assert await cache.get_or_load("k", loader) is None
+        assert await cache.get_or_load("k", loader) is None
+        assert loader.calls == 2
+        assert await redis.keys("*") == []
+
+    async def test_negative_ttl_keeps_none_for_a_shorter_time(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """With negative_ttl a None result is stored for that shorter time and served as a hit."""
+        cache = make_cache(namespace="n:", ttl=60, negative_ttl=0.5)
+        loader = Loader(lambda n: None)
+        assert await cache.get_or_load("k", loader) is None
+        assert await cache.get_or_load("k", loader) is None
+        assert loader.calls == 1
+        assert 0 < await redis.pttl("n:k") <= 500
+
+
+class TestFailOpen:
+    async def test_server_killed_mid_run_serves_loader_values_then_caching_resumes(
+        self, redis_server: RedisServer, caplog
+    ):
+        """Redis killed: get_or_load returns loader values fast; after restart it caches again."""
+        client = await connect(redis_server.url, timeout=0.5, retries=1)
+        try:
+            cache = AsyncCache(client, namespace="fo:", ttl=60, outage_backoff=0.2)
+            loader = Loader(lambda n: f"v{n}")
+            assert await cache.get_or_load("k", loader) == "v1"
+            assert await cache.get_or_load("k", loader) == "v1"
+
+            redis_server.kill()
+            durations = []
+            with caplog.at_level(logging.WARNING, logger="aioredis_patterns.cache"):
+                for i in range(10):
+                    started = time.perf_counter()
+                    with anyio.fail_after(2):
+                        assert await cache.get_or_load("k", loader) == f"v{i + 2}"
+                    durations.append(time.perf_counter() - started)
+                    await anyio.sleep(0.05)
+            print(f"\nfail-open call durations (ms): {[round(d * 1000, 1) for d in durations]}")
+            assert "Redis is unavailable" in caplog.text
+            assert sum(durations) < 3.0
+            assert cache.stats.redis_errors >= 1
+
+            redis_server.start()
+            await anyio.sleep(0.25)
+            assert await cache.get_or_load("k", loader) == "v12"
+            assert await cache.get_or_load("k", loader) == "v12"
+            assert loader.calls == 12
+            assert await client.get("fo:k") == b'"v12"'
+        finally:
+            await client.aclose()
+
+    async def test_fail_open_false_raises_redis_unavailable(self, redis_server: RedisServer):
+        """fail_open=False: an unreachable Redis raises RedisUnavailable; no loader call."""
+        client = await connect(redis_server.url, timeout=0.5, retries=0)
+        try:
+            cache = AsyncCache(client, namespace="fc:", fail_open=False)
+            redis_server.kill()
+            loader = Loader()
+            with anyio.fail_after(5), pytest.raises(RedisUnavailable):
+                await cache.get_or_load("k", loader)
+            assert loader.calls == 0
+            with pytest.raises(RedisUnavailable):
+                await cache.get("k")
+        finally:
+            await client.aclose()
+
+    async def test_outage_backoff_skips_redis_until_it_elapses(self, redis_server: RedisServer):
+        """Within outage_backoff after a failure Redis is skipped; after it, tried again."""
+        client = await connect(redis_server.url, timeout=0.5, retries=0)
+        clock = FakeClock()
+        try:
+            cache = AsyncCache(client, namespace="ob:", outage_backoff=5, clock=clock)
+            redis_server.kill()
+            loader = Loader()
+            await cache.get_or_load("k", loader)
+            assert cache.stats.redis_errors == 1
+            for _ in range(5):
+                await cache.get_or_load("k", loader)
+            assert cache.stats.redis_errors == 1
+            clock.now += 5.1
+            await cache.get_or_load("k", loader)
+            assert cache.stats.redis_errors == 2
+            assert loader.calls == 7
+        finally:
+            await client.aclose()
+
+
+class TestDecorator:
+    async def test_cached_function_loads_once_per_argument_set(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Equal calls (positional, keyword, explicit defaults) share one entry; others don't."""
+        cache = make_cache(namespace="dec:", ttl=60)
+        calls: list[tuple[int, bool]] = []
+
+        @cache.cached()
+        async def get_user(user_id: int, *, full: bool = False) -> dict[str, Any]:
+            calls.append((user_id, full))
+            return {"id": user_id, "full": full}
+
+        assert await get_user(42) == {"id": 42, "full": False}
+        assert await get_user(user_id=42) == {"id": 42, "full": False}
+        assert await get_user(42, full=False) == {"id": 42, "full": False}
+        assert await get_user(42, full=True) == {"id": 42, "full": True}
+        assert await get_user(7) == {"id": 7, "full": False}
+        assert calls == [(42, False), (42, True), (7, False)]
+        key = cache.key_for(get_user, 42)
+        assert key == f"{__name__}.{get_user.__qualname__}:[42,false]"
+        assert await redis.exists("dec:" + key) == 1
+        assert get_user.__name__ == "get_user"
+
+    async def test_cached_method_skips_self_and_can_be_invalidated(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """Methods skip self, so instances share entries; key_for + delete invalidates."""
+        cache = make_cache(namespace="dm:", ttl=60)
+
+        class Repo:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            @cache.cached(ttl=30)
+            async def find(self, item_id: str) -> str:
+                self.calls += 1
+                return f"item {item_id}"
+
+        first, second = Repo(), Repo()
+        assert await first.find("a") == "item a"
+        assert await second.find("a") == "item a"
+        assert (first.calls, second.calls) == (1, 0)
+        assert cache.key_for(first.find, "a") == cache.key_for(Repo.find, second, "a")
+        assert await cache.delete(cache.key_for(first.find, "a")) == 1
+        assert await second.find("a") == "item a"
+        assert second.calls == 1
+
+    async def test_key_template_and_callable(self, make_cache: Callable[..., AsyncCache], redis):
+        """key= (format string or callable) decides the key; the namespace is prepended."""
+        cache = make_cache(namespace="user:", ttl=60)
+
+        @cache.cached(key="{user_id}")
+        async def by_template(user_id: str) -> dict[str, str]:
+            return {"id": user_id}
+
+        @cache.cached(key=lambda user_id: f"alt:{user_id}")
+        async def by_callable(user_id: str) -> dict[str, str]:
+            return {"id": user_id}
+
+        await by_template("9")
+        await by_callable("9")
+        assert json.loads(await redis.get("user:9")) == {"id": "9"}
+        assert await redis.exists("user:alt:9") == 1
+
+    async def test_argument_kinds_give_stable_keys(self, make_cache: Callable[..., AsyncCache]):
+        """Sets, bytes, dates, UUIDs, Decimals, Enums, dataclasses give order-free stable keys."""
+        import datetime
+        import decimal
+        import enum
+        import uuid
+
+        class Color(enum.Enum):
+            RED = "red"
+
+        @dataclasses.dataclass
+        class Query:
+            term: str
+            page: int
+
+        cache = make_cache(namespace="ak:")
+
+        @cache.cached()
+        async def search(*args: Any, **kwargs: Any) -> int:
+            return 1
+
+        a = cache.key_for(
+            search,
+            {3, 1, 2},
+            b"\x00",
+            datetime.date(2024, 1, 2),
+            uuid.UUID(int=5),
+            decimal.Decimal("1.10"),
+            Color.RED,
+            Query("x", 2),
+            b=1,
+            a=2,
+        )
+        b = cache.key_for(
+            search,
+            {2, 3, 1},
+            b"\x00",
+            datetime.date(2024, 1, 2),
+            uuid.UUID(int=5),
+            decimal.Decimal("1.10"),
+            Color.RED,
+            Query("x", 2),
+            a=2,
+            b=1,
+        )
+        assert a == b
+        assert '"2024-01-02"' in a
+        long_key = cache.key_for(search, "x" * 500)
+        assert "sha256:" in long_key
+        assert len(long_key) < 200
+
+    async def test_unkeyable_arguments_and_sync_functions_are_refused(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """An argument without stable text, or a sync function, raises InvalidArgument."""
+        cache = make_cache(namespace="bad:")
+
+        @cache.cached()
+        async def f(x: Any) -> int:
+            return 1
+
+        with pytest.raises(InvalidArgument, match="key="):
+            await f(object())
+
+        def sync() -> int:
+            return 1
+
+        with pytest.raises(InvalidArgument):
+            cache.cached()(sync)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            cache.key_for(sync)
