@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
+from ._backoff import Backoff
 from ._cache import AsyncCache, CacheStats
+from ._codecs import Codec
 from ._connection import connect, connect_cluster, redact_url
 from ._exceptions import (
     AioRedisPatternsError,
@@ -29,9 +31,11 @@ from ._exceptions import (
     ScriptError,
     SerializationError,
 )
+from ._pubsub import AsyncPubSub, Gap, Message, PubSubStats
 from ._ratelimit import AsyncRateLimiter, Rate, RateLimitResult
 from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
 from ._serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
+from ._streams import AsyncStreamConsumer, StreamMessage, StreamProducer, StreamStats
 
 try:
     __version__ = _metadata.version("aioredis_patterns")
@@ -41,15 +45,21 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "AioRedisPatternsError",
     "AsyncCache",
+    "AsyncPubSub",
     "AsyncRateLimiter",
+    "AsyncStreamConsumer",
     "AtomicOps",
+    "Backoff",
     "CacheStats",
+    "Codec",
     "CrossSlotKeys",
+    "Gap",
     "InsufficientBalance",
     "InsufficientStock",
     "InvalidArgument",
     "JsonSerializer",
     "LimitExceeded",
+    "Message",
     "LockError",
     "LockLost",
     "LockNotAcquired",
@@ -57,6 +67,7 @@ __all__ = [
     "NotAnInteger",
     "PickleSerializer",
     "PubSubError",
+    "PubSubStats",
     "QueueOverflow",
     "Rate",
     "RateLimitResult",
@@ -68,6 +79,9 @@ __all__ = [
     "ScriptStats",
     "SerializationError",
     "Serializer",
+    "StreamMessage",
+    "StreamProducer",
+    "StreamStats",
     "__version__",
     "connect",
     "connect_cluster",

@@ -19,7 +19,7 @@ import anyio
 
 from .._connection import connect, redact_url
 from .._exceptions import RedisUnavailable
-from . import atomic, basics, cache, ratelimit
+from . import atomic, basics, cache, pubsub, ratelimit
 
 Step = Callable[[Any, Callable[[str], None]], Awaitable[None]]
 
@@ -28,6 +28,7 @@ STEPS: list[tuple[str, Step]] = [
     ("atomic operations", atomic.run),
     ("rate limiting", ratelimit.run),
     ("cache-aside without the stampede", cache.run),
+    ("pub/sub and streams", pubsub.run),
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"
