@@ -31,6 +31,7 @@ from ._exceptions import (
     ScriptError,
     SerializationError,
 )
+from ._lock import AsyncLock, AsyncRedlock, AsyncSemaphore, LockStats
 from ._pubsub import AsyncPubSub, Gap, Message, PubSubStats
 from ._ratelimit import AsyncRateLimiter, Rate, RateLimitResult
 from ._scripts import Script, ScriptBook, ScriptStats, register_error_code
@@ -45,8 +46,11 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "AioRedisPatternsError",
     "AsyncCache",
+    "AsyncLock",
     "AsyncPubSub",
     "AsyncRateLimiter",
+    "AsyncRedlock",
+    "AsyncSemaphore",
     "AsyncStreamConsumer",
     "AtomicOps",
     "Backoff",
@@ -59,10 +63,11 @@ __all__ = [
     "InvalidArgument",
     "JsonSerializer",
     "LimitExceeded",
-    "Message",
     "LockError",
     "LockLost",
     "LockNotAcquired",
+    "LockStats",
+    "Message",
     "MsgpackSerializer",
     "NotAnInteger",
     "PickleSerializer",

@@ -19,13 +19,14 @@ import anyio
 
 from .._connection import connect, redact_url
 from .._exceptions import RedisUnavailable
-from . import atomic, basics, cache, pubsub, ratelimit
+from . import atomic, basics, cache, lock, pubsub, ratelimit
 
 Step = Callable[[Any, Callable[[str], None]], Awaitable[None]]
 
 STEPS: list[tuple[str, Step]] = [
     ("connection and basic operations", basics.run),
     ("atomic operations", atomic.run),
+    ("locks and semaphores", lock.run),
     ("rate limiting", ratelimit.run),
     ("cache-aside without the stampede", cache.run),
     ("pub/sub and streams", pubsub.run),

@@ -1,0 +1,451 @@
+"""What AsyncLock, AsyncRedlock and AsyncSemaphore share: acquire, release, extend, ``async with``.
+
+A subclass says how one attempt, one extend and one release run on its storage;
+this class does the rest: fresh tokens, waiting, validity tracking, the watchdog
+task group, and turning a lost lease into :class:`LockLost`.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
+from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
+from ._waiting import line_for, poll_delay
+from ._watchdog import (
+    Clock,
+    Lease,
+    LockStats,
+    Sleep,
+    Undecided,
+    Watchdog,
+    logger,
+    unwrap_group,
+)
+
+__all__ = ["DEFAULT_CLOCK", "DEFAULT_SLEEP", "Attempt", "Holder", "check_prefix"]
+
+_H = TypeVar("_H", bound="Holder")
+
+RELEASE_TIMEOUT = 1.0
+"""Bound on the shielded release when a block exits (or an attempt is abandoned)."""
+
+DEFAULT_CLOCK: Clock = time.monotonic
+DEFAULT_SLEEP: Sleep = anyio.sleep
+
+
+def check_prefix(prefix: Any) -> str:
+    """Return *prefix* if it is a ``str`` (it may be empty), else raise InvalidArgument."""
+    if not isinstance(prefix, str):
+        raise InvalidArgument(f"prefix must be a str, not {type(prefix).__name__}")
+    return prefix
+
+
+class Attempt:
+    """The outcome of one acquire attempt on the storage."""
+
+    __slots__ = ("acquired", "fence", "hint")
+
+    def __init__(self, acquired: bool, fence: int = 0, hint: float | None = None) -> None:
+        self.acquired = acquired
+        self.fence = fence
+        self.hint = hint
+        """When not acquired: seconds until the holder's key expires, if known."""
+
+
+class Holder(ABC):
+    """Base of the three lock types. Not public: the subclasses document the interface."""
+
+    _kind = "lock"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        ttl: Any,
+        auto_extend: bool,
+        blocking: bool,
+        timeout: Any,
+        max_extensions: int | None,
+        max_hold: Any,
+        clock: Clock,
+        sleep: Sleep,
+    ) -> None:
+        self._name = non_empty_str(name, "name")
+        self._ttl_ms = to_milliseconds(ttl, "ttl")
+        self._ttl = self._ttl_ms / 1000
+        self._auto_extend = bool(auto_extend)
+        self._blocking = bool(blocking)
+        self._timeout = optional_seconds(timeout, "timeout")
+        self._max_extensions = (
+            None if max_extensions is None else positive_int(max_extensions, "max_extensions")
+        )
+        self._max_hold = optional_seconds(max_hold, "max_hold")
+        self._clock = clock
+        self._sleep = sleep
+        self._lease: Lease | None = None
+        self._fence: int | None = None
+        self._acquiring = False
+        self._tg: TaskGroup | None = None
+        self._dog: Watchdog | None = None
+        self.stats = LockStats()
+        """Counters: acquires, extends, transient errors, wake-ups, losses."""
+
+    # -- what a subclass provides ------------------------------------------------
+
+    @abstractmethod
+    async def _try(self, token: str) -> Attempt:
+        """One acquire attempt with *token*. Must leave nothing behind when it fails."""
+
+    @abstractmethod
+    async def _extend_token(self, token: str, ttl_ms: int) -> bool:
+        """Compare-and-expire; raises ``Undecided`` when it cannot tell (Redlock)."""
+
+    @abstractmethod
+    async def _release_token(self, token: str) -> bool:
+        """Compare-and-delete; True when *token* still held the lock."""
+
+    @abstractmethod
+    async def _wait_signal(self, seconds: float) -> bool:
+        """Wait up to *seconds* for a release signal; True when one came."""
+
+    @property
+    @abstractmethod
+    def _line_client(self) -> Any:
+        """The client whose per-process wait line this lock uses."""
+
+    @property
+    @abstractmethod
+    def key(self) -> str:
+        """The Redis key of the lock (``prefix + name``)."""
+
+    @abstractmethod
+    async def owned(self) -> bool:
+        """True when Redis says this instance holds the lock now (one round trip)."""
+
+    @abstractmethod
+    async def locked(self) -> bool:
+        """True when anyone holds the lock now (one round trip)."""
+
+    # -- public interface --------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The lock's name, as given (without the prefix)."""
+        return self._name
+
+    @property
+    def ttl(self) -> float:
+        """Seconds each acquire or extend keeps the lock for."""
+        return self._ttl
+
+    @property
+    def fencing_token(self) -> int:
+        """The fencing token of the current (or last) acquisition.
+
+        Tokens rise strictly with each acquisition of the same name. Pass it to the
+        storage you protect and have it refuse writes carrying a smaller token than
+        one it has seen: that stops a holder that lost the lock without knowing it
+        (a long GC pause, a partition) from overwriting its successor's work.
+
+        Raises:
+            LockError: this instance has never acquired the lock.
+        """
+        if self._fence is None:
+            raise LockError(f"lock {self._name!r} has not been acquired by this instance")
+        return self._fence
+
+    @property
+    def held(self) -> bool:
+        """True between a successful acquire and the release, as far as this instance knows.
+
+        No round trip: use :meth:`owned` to ask Redis.
+        """
+        return self._lease is not None
+
+    def remaining(self) -> float:
+        """Seconds the current hold is still sure to last without another extend (0 if none)."""
+        if self._lease is None:
+            return 0.0
+        return max(0.0, self._lease.valid_until - self._clock())
+
+    async def acquire(self, *, blocking: bool | None = None, timeout: Any = None) -> bool:
+        """Try to take the lock with a fresh random token.
+
+        Args:
+            blocking: wait for the lock (default: the constructor's ``blocking``).
+                A non-blocking acquire makes exactly one attempt.
+            timeout: seconds (or a timedelta) to wait at most (default: the
+                constructor's ``timeout``; ``None`` waits as long as it takes).
+
+        Returns:
+            True when acquired; False when not blocking and held by another, or when
+            the timeout passed.
+
+        Raises:
+            LockError: this instance already holds the lock (one instance, one holder).
+            InvalidArgument: *timeout* is not a positive duration.
+        """
+        if self._lease is not None:
+            raise LockError(
+                f"this instance already holds lock {self._name!r}; use one instance per holder"
+            )
+        if self._acquiring:
+            raise LockError(
+                f"another task is acquiring lock {self._name!r} with this instance;"
+                " use one instance per task"
+            )
+        block = self._blocking if blocking is None else blocking
+        limit = self._timeout if timeout is None else optional_seconds(timeout, "timeout")
+        self._acquiring = True
+        try:
+            return await self._acquire(block, limit)
+        finally:
+            self._acquiring = False
+
+    async def _acquire(self, block: bool, limit: float | None) -> bool:
+        if not block:
+            return (await self._attempt()).acquired
+        deadline = math.inf if limit is None else self._clock() + limit
+        line = line_for(self._line_client, self._kind, self.key)
+        first: Attempt | None = None
+        if not line.busy:
+            # Nobody of this process waits: try at once. Otherwise queue up behind
+            # them, so the tasks of one process get the lock first come, first served.
+            first = await self._attempt()
+            if first.acquired:
+                return True
+        turn = line.join()
+        try:
+            if turn.is_set() and first is not None:
+                return await self._wait_at_head(deadline, first)
+            with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                await turn.wait()
+            if not turn.is_set():
+                return False
+            return await self._wait_at_head(deadline, None)
+        finally:
+            line.leave(turn)
+
+    async def release(self) -> bool:
+        """Release the lock if this instance still holds it (compare-and-delete).
+
+        Returns:
+            True when this instance still held the lock and has now released it;
+            False when it had already lost it (the key expired, was deleted or
+            now holds another owner's token), in which case nothing is changed.
+            Either way this instance no longer holds the lock afterwards.
+
+        Raises:
+            LockError: this instance does not hold the lock.
+            redis.exceptions.RedisError: Redis could not be asked; the instance
+                still counts as holding, so the release can be retried.
+        """
+        lease = self._lease
+        if lease is None:
+            raise LockError(f"lock {self._name!r} is not held by this instance")
+        held = await self._release_token(lease.token)
+        self._lease = None
+        if not held:
+            self._note_loss("release found the lock already gone")
+        return held
+
+    async def extend(self, ttl: Any = None) -> bool:
+        """Reset the lock's expiry to *ttl* from now, if this instance still holds it.
+
+        It never re-creates a key that is gone: a lost lock stays lost.
+
+        Args:
+            ttl: seconds or a timedelta (default: the constructor's ``ttl``).
+
+        Returns:
+            True when extended; False when the lock is no longer this instance's.
+
+        Raises:
+            LockError: this instance does not hold the lock.
+            InvalidArgument: *ttl* is not a positive, finite duration.
+        """
+        lease = self._lease
+        if lease is None:
+            raise LockError(f"lock {self._name!r} is not held by this instance")
+        ttl_ms = self._ttl_ms if ttl is None else to_milliseconds(ttl, "ttl")
+        return await self._renew(lease, ttl_ms, strict=False)
+
+    async def __aenter__(self: _H) -> _H:
+        """Acquire (blocking, within ``timeout``) and start the watchdog.
+
+        Raises:
+            LockNotAcquired: the lock was not acquired within the timeout (or at
+                once, with ``blocking=False``).
+        """
+        if self._tg is not None:
+            raise LockError(f"lock {self._name!r} is already entered by this instance")
+        if not await self.acquire():
+            raise LockNotAcquired(self._name)
+        lease = self._lease
+        assert lease is not None
+        tg = anyio.create_task_group()
+        hold_deadline = math.inf if self._max_hold is None else lease.acquired_at + self._max_hold
+        dog = Watchdog(
+            name=self._name,
+            lease=lease,
+            ttl=self._ttl,
+            renew=lambda: self._renew(lease, self._ttl_ms, strict=True),
+            auto_extend=self._auto_extend,
+            max_extensions=self._max_extensions,
+            hold_deadline=hold_deadline,
+            clock=self._clock,
+            sleep=self._sleep,
+            stats=self.stats,
+            on_loss=tg.cancel_scope.cancel,
+        )
+        # The task group's cancel scope stays open until __aexit__, so it encloses
+        # the body: cancelling it (the watchdog does, on a loss) cancels the body.
+        await tg.__aenter__()
+        try:
+            await tg.start(dog.run)
+        except BaseException:
+            dog.stop()
+            with anyio.CancelScope(shield=True):
+                await tg.__aexit__(None, None, None)
+            await self._release_on_exit()
+            raise
+        self._tg, self._dog = tg, dog
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Stop the watchdog, release (shielded, bounded), and report a loss.
+
+        Raises:
+            LockLost: the watchdog cancelled the body, or the body finished but the
+                release found the lock gone.
+        """
+        tg, dog = self._tg, self._dog
+        self._tg = self._dog = None
+        if tg is None or dog is None:
+            return False
+        dog.stop()
+        cancelled = anyio.get_cancelled_exc_class()
+        swallowed = False
+        try:
+            try:
+                if isinstance(exc, cancelled):
+                    # Let the task group's scope absorb the cancellation it caused;
+                    # a cancellation from outside is re-raised by it, untouched.
+                    swallowed = await tg.__aexit__(exc_type, exc, tb)
+                else:
+                    # The body's own exception is not handed to the task group, which
+                    # would wrap it in an ExceptionGroup; it propagates as itself.
+                    await tg.__aexit__(None, None, None)
+            except BaseException as raised:
+                inner = unwrap_group(raised)
+                if inner is raised:
+                    raise
+                raise inner from None
+        finally:
+            held, release_error = await self._release_on_exit()
+
+        if dog.lost:
+            if isinstance(exc, cancelled) and not swallowed:
+                return False
+            cause = exc if exc is not None and not isinstance(exc, cancelled) else dog.error
+            raise LockLost(self._name) from cause
+        if exc is not None:
+            if release_error is not None:
+                logger.warning("releasing lock %r failed: %r", self._name, release_error)
+            return False
+        if release_error is not None:
+            raise release_error
+        if held is False:
+            self._note_loss("release found the lock already gone")
+            raise LockLost(self._name)
+        return False
+
+    def __repr__(self) -> str:
+        state = "held" if self._lease is not None else "not held"
+        return f"<{type(self).__name__} {self.key!r} {state}>"
+
+    # -- internals ---------------------------------------------------------------
+
+    async def _attempt(self) -> Attempt:
+        token = secrets.token_hex(16)
+        sent = self._clock()
+        try:
+            result = await self._try(token)
+        except BaseException:
+            # The attempt may have taken the lock before it failed or was cancelled:
+            # give it back (compare-and-delete with this token changes nothing else).
+            with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
+                try:
+                    await self._release_token(token)
+                except Exception as exc:
+                    logger.debug("undoing an acquire of %r failed: %r", self._name, exc)
+            raise
+        if result.acquired:
+            self._lease = Lease(token=token, fence=result.fence, acquired_at=sent)
+            self._lease.renew(sent, self._ttl)
+            self._fence = result.fence
+            self.stats.acquired += 1
+            self.stats.last_renewed_at = sent
+        return result
+
+    async def _wait_at_head(self, deadline: float, pending: Attempt | None) -> bool:
+        attempt = 0
+        while True:
+            if pending is None:
+                pending = await self._attempt()
+                if pending.acquired:
+                    return True
+            left = deadline - self._clock()
+            if left <= 0:
+                return False
+            wait = min(poll_delay(attempt, pending.hint), left)
+            attempt += 1
+            pending = None
+            if await self._wait_signal(wait):
+                self.stats.wakeups += 1
+
+    async def _renew(self, lease: Lease, ttl_ms: int, *, strict: bool) -> bool:
+        sent = self._clock()
+        try:
+            extended = await self._extend_token(lease.token, ttl_ms)
+        except Undecided:
+            if strict:
+                raise
+            extended = False
+        if extended:
+            lease.renew(sent, ttl_ms / 1000)
+            self.stats.extensions += 1
+            if not strict and self._dog is not None:
+                self._dog.reschedule()  # an explicit extend may move the next one earlier
+            self.stats.last_renewed_at = sent
+        return extended
+
+    async def _release_on_exit(self) -> tuple[bool | None, BaseException | None]:
+        lease = self._lease
+        self._lease = None
+        if lease is None:
+            return None, None
+        with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
+            try:
+                return await self._release_token(lease.token), None
+            except Exception as exc:
+                return None, exc
+        return None, TimeoutError(f"releasing lock {self._name!r} timed out")
+
+    def _note_loss(self, reason: str) -> None:
+        self.stats.losses += 1
+        self.stats.last_loss = reason

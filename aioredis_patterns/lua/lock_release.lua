@@ -1,0 +1,18 @@
+-- lock_release
+-- KEYS[1] lock key, KEYS[2] wake-up signal list
+-- ARGV[1] token, ARGV[2] signal list ttl ms (integer >= 1)
+-- returns 1 released (this owner still held the lock), 0 not held by this owner (expired,
+-- deleted or taken by another; nothing is changed)
+-- errors: INVALID_ARGUMENT <detail>
+-- On release one element is pushed to the signal list: a waiter blocked in BLPOP on it
+-- wakes at once instead of waiting for its next poll.
+-- #include _prelude
+local signal_ttl = arg_int(2, 'signal ttl', 1)
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('LTRIM', KEYS[2], 0, 0)
+redis.call('PEXPIRE', KEYS[2], signal_ttl)
+return 1
