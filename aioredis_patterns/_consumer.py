@@ -27,7 +27,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport
 
 __all__ = ["ConsumerRuntime", "first_error"]
 
-logger = logging.getLogger("aioredis_patterns")
+logger = logging.getLogger("aioredis_patterns.consumer")
 
 # After the close timeout, cancelled tasks get this long to unwind: a handler that
 # swallows cancellation must not hold aclose() hostage.

@@ -32,7 +32,7 @@ from ._validation import Duration, non_empty_str, positive_int, to_seconds
 
 __all__ = ["AsyncPubSub", "Gap", "Message", "MessageHandler", "PubSubStats"]
 
-logger = logging.getLogger("aioredis_patterns")
+logger = logging.getLogger("aioredis_patterns.pubsub")
 
 
 @dataclass(frozen=True)

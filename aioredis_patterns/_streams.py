@@ -34,7 +34,7 @@ __all__ = [
     "StreamStats",
 ]
 
-logger = logging.getLogger("aioredis_patterns")
+logger = logging.getLogger("aioredis_patterns.streams")
 
 DATA_FIELD = "data"
 """The entry field that holds the codec-encoded payload."""

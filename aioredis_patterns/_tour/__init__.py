@@ -9,6 +9,7 @@ flushes a database.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -38,6 +39,25 @@ PREFIX = "tour:"
 
 def _say(text: str) -> None:
     print(f"    {text}", flush=True)
+
+
+class _NarratedLog(logging.Formatter):
+    """The toolkit's log lines, indented like the narration and without tracebacks.
+
+    Several steps provoke failures on purpose (a lost lock, a corrupt cache value,
+    a failing stream handler); the tour shows the one line a service would log.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"    [log {record.levelname.lower()}] {record.getMessage()}"
+
+
+def _narrate_logs() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_NarratedLog())
+    toolkit = logging.getLogger("aioredis_patterns")
+    toolkit.addHandler(handler)
+    toolkit.propagate = False
 
 
 async def _cleanup(client: Any) -> None:
@@ -86,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     url: str = args.url
+    _narrate_logs()
     print(f"aioredis_patterns tour against {redact_url(url)}", flush=True)
     if anyio.run(_reachable, url):
         return anyio.run(_tour, url)
