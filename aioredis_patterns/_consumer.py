@@ -21,11 +21,12 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._exceptions import PubSubError
+from ._groups import first_error
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport there
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["ConsumerRuntime", "first_error"]
+__all__ = ["ConsumerRuntime"]
 
 logger = logging.getLogger("aioredis_patterns.consumer")
 
@@ -38,24 +39,6 @@ _SETTLE_TICKS = 3
 _Self = TypeVar("_Self", bound="ConsumerRuntime")
 
 State = Literal["new", "running", "closing", "closed"]
-
-
-def first_error(error: BaseException) -> BaseException:
-    """The one exception to re-raise from a task group's ExceptionGroup.
-
-    A real error wins over the cancellations it caused; among several, the first.
-    """
-    leaves: list[BaseException] = []
-    pending = [error]
-    while pending:
-        current = pending.pop(0)
-        if isinstance(current, BaseExceptionGroup):
-            pending[:0] = list(current.exceptions)
-        else:
-            leaves.append(current)
-    cancelled = anyio.get_cancelled_exc_class()
-    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
-    return (real or leaves or [error])[0]
 
 
 class ConsumerRuntime:

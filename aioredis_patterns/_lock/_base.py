@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
+from .._groups import first_error
 from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
 from ._waiting import line_for, poll_delay
 from ._watchdog import (
@@ -28,7 +29,6 @@ from ._watchdog import (
     Undecided,
     Watchdog,
     logger,
-    unwrap_group,
 )
 
 __all__ = ["DEFAULT_CLOCK", "DEFAULT_SLEEP", "Attempt", "Holder", "check_prefix"]
@@ -351,7 +351,7 @@ class Holder(ABC):
                     # would wrap it in an ExceptionGroup; it propagates as itself.
                     await tg.__aexit__(None, None, None)
             except BaseException as raised:
-                inner = unwrap_group(raised)
+                inner = first_error(raised)
                 if inner is raised:
                     raise
                 raise inner from None

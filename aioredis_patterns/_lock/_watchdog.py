@@ -8,12 +8,9 @@ the block's body; the holder then raises :class:`LockLost`.
 
 from __future__ import annotations
 
-import builtins
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -30,7 +27,6 @@ __all__ = [
     "drift",
     "guard",
     "logger",
-    "unwrap_group",
 ]
 
 logger = logging.getLogger("aioredis_patterns.lock")
@@ -55,26 +51,6 @@ def drift(ttl: float) -> float:
 def guard(ttl: float) -> float:
     """How long before the end of its validity a body is cancelled, so it can unwind in time."""
     return min(ttl * 0.1, 1.0)
-
-
-def _group_type() -> type[BaseException]:
-    found = getattr(builtins, "BaseExceptionGroup", None)
-    if found is None:  # pragma: no cover - Python 3.10: anyio depends on the backport
-        found = importlib.import_module("exceptiongroup").BaseExceptionGroup
-    return cast("type[BaseException]", found)
-
-
-_GROUP = _group_type()
-
-
-def unwrap_group(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups, else *exc*."""
-    while isinstance(exc, _GROUP):
-        members: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
-        if len(members) != 1:
-            break
-        exc = members[0]
-    return exc
 
 
 @dataclass
