@@ -55,3 +55,18 @@ def examples(session: nox.Session) -> None:
     """Run every script in examples/ (and the tour) against a throwaway redis-server."""
     _install(session)
     session.run("python", "examples/_run_all.py", *session.posargs)
+
+
+# aioredlock needs aioredis 1.x, which imports distutils (gone since Python 3.12): on
+# 3.11 every peer library of the benchmark runs.
+BENCH_PYTHON = "3.11" if "3.11" in PYTHONS else LATEST
+
+
+@nox.session(python=BENCH_PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw redis-py and peer libraries; writes docs/benchmarks.*.
+
+    Not a default session. Pass options after ``--``, e.g. ``nox -s bench -- --duration 1``.
+    """
+    session.install(".", "-r", "benchmarks/requirements.txt")
+    session.run("python", "-m", "benchmarks", *session.posargs)
