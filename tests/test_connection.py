@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from aioredis_patterns import (
@@ -138,6 +139,23 @@ class TestPool:
                     tg.start_soon(plain.incr, "pool:counter")
         assert caught.value.subgroup(MaxConnectionsError) is not None
         await plain.aclose()
+
+    async def test_an_exhausted_pool_fails_after_the_timeout_not_at_once(
+        self, redis_url: str
+    ) -> None:
+        """With every connection busy past the timeout, a call waits that long, then fails."""
+        client = await connect(redis_url, max_connections=2, timeout=0.5, socket_timeout=5.0)
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(client.blpop, ["pool:never"], 1.5)
+            await anyio.sleep(0.1)
+            started = time.monotonic()
+            with pytest.raises(RedisConnectionError, match="no pooled connection"):
+                await client.get("pool:other")
+            waited = time.monotonic() - started
+        assert 0.4 < waited < 1.4
+        assert await client.ping()  # the permits came back with the connections
+        await client.aclose()
 
     async def test_hiredis_parser_is_active(self, redis_url: str) -> None:
         """Connections of the client use the hiredis parser (hiredis is a dependency)."""
