@@ -328,9 +328,9 @@ class AsyncCache:
         ttl_ms = self._jittered(self._call_ttl_ms(ttl))
         data = self._encode(value)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                self._queue_set(pipe, full, data, ttl_ms)
-                await pipe.execute()
+            await self._book.run(
+                "cache_set", (full, derived_key(full, ":lease")), (data, ttl_ms or 0)
+            )
         except UNAVAILABLE as exc:
             raise self._translate(exc) from exc
 
