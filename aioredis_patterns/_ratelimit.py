@@ -223,6 +223,12 @@ class AsyncRateLimiter:
         self._sleep = sleep
         self._book = scripts or ScriptBook.for_client(client)
         self._script = f"ratelimit_{algorithm}"
+        # sliding_log keeps one key for every limit; the others one key per limit.
+        self._suffixes = (
+            []
+            if algorithm == "sliding_log"
+            else [f":{_SUFFIX[algorithm]}:{r.window_ms}" for r in self._rates]
+        )
         self._limit_args: list[int] = []
         for rate in self._rates:
             self._limit_args += [rate.limit, rate.window_ms]
@@ -251,10 +257,9 @@ class AsyncRateLimiter:
         own ``{tag}`` keeps it).
         """
         base = self._prefix + non_empty_str(key, "key")
-        if self._algorithm == "sliding_log":
+        if not self._suffixes:
             return [base]
-        suffix = _SUFFIX[self._algorithm]
-        return [derived_key(base, f":{suffix}:{r.window_ms}") for r in self._rates]
+        return [derived_key(base, suffix) for suffix in self._suffixes]
 
     def _check_cost(self, cost: Any) -> int:
         positive_int(cost, "cost")
@@ -289,10 +294,12 @@ class AsyncRateLimiter:
         """
         keys = self.keys(key)
         cost = self._check_cost(cost)
-        args: list[str | int] = [self._now_arg(), cost]
-        if self._algorithm == "sliding_log":
-            args.append(_IDS.next())
-        reply = await self._book.run(self._script, keys, [*args, *self._limit_args])
+        args: list[str | int]
+        if self._suffixes:
+            args = [self._now_arg(), cost, *self._limit_args]
+        else:  # sliding_log: each admitted unit is a member with a unique id
+            args = [self._now_arg(), cost, _IDS.next(), *self._limit_args]
+        reply = await self._book.run(self._script, keys, args)
         return self._result(reply)
 
     async def peek(self, key: str, *, cost: int = 1) -> RateLimitResult:

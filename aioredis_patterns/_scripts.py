@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -73,13 +73,25 @@ class Script:
     source: str
     sha: str
     read_only: bool
+    command: str
+    """``EVALSHA``, or ``EVALSHA_RO`` for a read-only script."""
+    fallback: str
+    """``EVAL``, or ``EVAL_RO`` for a read-only script: sent on NOSCRIPT and in pipelines."""
 
     @classmethod
     def from_source(cls, name: str, source: str) -> Script:
         sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         first_line = source.lstrip().split("\n", 1)[0]
         read_only = first_line.startswith("#!lua") and "no-writes" in first_line
-        return cls(name=name, source=source, sha=sha, read_only=read_only)
+        suffix = "_RO" if read_only else ""
+        return cls(
+            name=name,
+            source=source,
+            sha=sha,
+            read_only=read_only,
+            command="EVALSHA" + suffix,
+            fallback="EVAL" + suffix,
+        )
 
 
 @dataclass
@@ -217,7 +229,7 @@ class ScriptBook:
             if got != script.sha:
                 raise ScriptError(script.name, f"server returned SHA {got}, expected {script.sha}")
 
-    async def run(self, name: str, keys: Sequence[KeyT] = (), args: Iterable[ArgT] = ()) -> Any:
+    async def run(self, name: str, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()) -> Any:
         """Run script *name* with EVALSHA (EVALSHA_RO when read-only).
 
         On NOSCRIPT it sends EVAL with the source, which caches the script on that
@@ -231,11 +243,10 @@ class ScriptBook:
         script = self._scripts[name]
         if self._cluster:
             check_same_slot(self._client, keys)
-        argv = (len(keys), *keys, *args)
         self.stats.evalsha += 1
         try:
             return await self._client.execute_command(
-                "EVALSHA_RO" if script.read_only else "EVALSHA", script.sha, *argv
+                script.command, script.sha, len(keys), *keys, *args
             )
         except ResponseError as exc:
             if not _is_noscript(exc):
@@ -243,13 +254,13 @@ class ScriptBook:
         self.stats.eval_fallbacks += 1
         try:
             return await self._client.execute_command(
-                "EVAL_RO" if script.read_only else "EVAL", script.source, *argv
+                script.fallback, script.source, len(keys), *keys, *args
             )
         except ResponseError as exc:
             raise self.translate(name, exc) from exc
 
     def queue(
-        self, pipe: Any, name: str, keys: Sequence[KeyT] = (), args: Iterable[ArgT] = ()
+        self, pipe: Any, name: str, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()
     ) -> None:
         """Queue script *name* on a redis-py pipeline.
 
@@ -262,9 +273,7 @@ class ScriptBook:
         if self._cluster:
             check_same_slot(self._client, keys)
         self.stats.pipelined += 1
-        pipe.execute_command(
-            "EVAL_RO" if script.read_only else "EVAL", script.source, len(keys), *keys, *args
-        )
+        pipe.execute_command(script.fallback, script.source, len(keys), *keys, *args)
 
     def translate(self, name: str, exc: BaseException) -> BaseException:
         """Map an error reply of script *name* to the toolkit's exception for its code.
