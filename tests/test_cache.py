@@ -26,6 +26,7 @@ from aioredis_patterns import (
     connect,
 )
 from aioredis_patterns.testing import RedisServer
+from tests.conftest import command_calls
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
 MISSING = object()
@@ -621,6 +622,35 @@ async def _count(redis: Redis, key: str, expected: int) -> bool:
 
 
 class TestEarlyRefresh:
+    async def test_hits_far_from_expiry_read_only_the_value(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Once the expiry is known, a hit XFetch cannot refresh is a plain GET, no script."""
+        cache = make_cache(namespace="far:", ttl=60, rand=lambda: 0.5)
+        loader = Loader(delay=0.01)
+        await cache.get_or_load("k", loader)  # the load: expiry and load time known
+        before = await command_calls(redis, "get", "evalsha_ro")
+        for _ in range(10):
+            assert await cache.get_or_load("k", loader) == {"n": 1}
+        after = await command_calls(redis, "get", "evalsha_ro")
+        assert after["get"] - before["get"] == 10
+        assert after["evalsha_ro"] == before["evalsha_ro"]
+        assert cache.stats.hits == 10
+
+    async def test_near_expiry_the_metadata_is_read_and_xfetch_decides(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """When the drawn threshold reaches the known expiry, the hit reads PTTL and load time."""
+        # u = 1e-10: -ln(u) = 23, so a 50 ms load puts the threshold past the 1 s TTL
+        cache = make_cache(namespace="near:", ttl=1.0, rand=lambda: 1 - 1e-10)
+        loader = Loader(lambda n: f"v{n}", delay=0.05)
+        assert await cache.get_or_load("k", loader) == "v1"
+        before = await command_calls(redis, "evalsha_ro")
+        assert await cache.get_or_load("k", loader) == "v2"  # refreshed early
+        after = await command_calls(redis, "evalsha_ro")
+        assert after["evalsha_ro"] - before["evalsha_ro"] == 1
+        assert cache.stats.early_refreshes == 1
+
     async def test_xfetch_draw_near_expiry_reloads_inline(
         self, make_cache: Callable[..., AsyncCache], redis
     ):

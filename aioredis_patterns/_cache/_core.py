@@ -49,6 +49,8 @@ _CORRUPT: Final[object] = object()
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 _CLEANUP_TIMEOUT = 1.0
+_HORIZONS_KEPT = 4096  # keys whose expiry a cache remembers (about 0.5 MB at most)
+_HORIZON_SLACK_MS = 20.0  # covers the half round trip a remembered expiry runs late
 
 
 @dataclass
@@ -194,6 +196,9 @@ class AsyncCache:
         self._clock = clock
         self._rand = rand
         self._down_until = 0.0
+        # full key -> (expiry on self._clock, load time ms), learnt from this process's
+        # reads and writes, so a hit far from expiry can skip XFetch's metadata read.
+        self._horizons: dict[str, tuple[float, int]] = {}
         self._flights: dict[str, Flight] = {}
         self._tg: TaskGroup | None = None
         self._key_builders: weakref.WeakKeyDictionary[Callable[..., Any], KeyBuilder] = (
@@ -327,6 +332,7 @@ class AsyncCache:
         full = self._full(key)
         ttl_ms = self._jittered(self._call_ttl_ms(ttl))
         data = self._encode(value)
+        self._horizons.pop(full, None)
         try:
             await self._book.run(
                 "cache_set", (full, derived_key(full, ":lease")), (data, ttl_ms or 0)
@@ -345,6 +351,8 @@ class AsyncCache:
         fulls = [self._full(k) for k in keys]
         if not fulls:
             return 0
+        for full in fulls:
+            self._horizons.pop(full, None)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for full in fulls:
@@ -413,6 +421,8 @@ class AsyncCache:
         items = [(self._full(k), self._encode(v)) for k, v in mapping.items()]
         if not items:
             return
+        for full, _ in items:
+            self._horizons.pop(full, None)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for full, data in items:
@@ -451,8 +461,11 @@ class AsyncCache:
         force = False
         flight = self._flights.get(full)
         if (flight is None or flight.refresh) and not self._skipping_redis():
+            # One draw per call serves both the choice of read and XFetch's decision,
+            # so skipping the metadata read never changes the refresh probability.
+            u = 1.0 - self._rand()
             try:
-                entry = await self._read(full)
+                entry = await self._read(full, u)
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
             else:
@@ -460,40 +473,72 @@ class AsyncCache:
                     self.stats.hits += 1
                     # Checked again after the read: another reader may have started
                     # a refresh or a load while this one waited for Redis.
-                    if full not in self._flights and self._xfetch_due(entry):
+                    if full not in self._flights and self._xfetch_due(entry, u):
                         return cast(T, await self._refresh_early(full, loader, ttl_ms, entry))
                     return cast(T, entry.value)
                 force = entry is _CORRUPT
         self.stats.misses += 1
         return cast(T, await self._join_or_lead(full, loader, ttl_ms, force=force))
 
-    async def _read(self, full: str) -> _Entry | object:
-        """One round trip: the entry, or _MISSING, or _CORRUPT."""
+    async def _read(self, full: str, u: float) -> _Entry | object:
+        """One round trip: the entry, or _MISSING, or _CORRUPT.
+
+        With early refresh on, the read is the ``cache_read`` script (value, PTTL
+        and load time), unless this process knows the key is so far from expiry
+        that XFetch with this *u* cannot fire: then it is a plain GET.
+        """
         data: bytes | str | None
-        if not self._beta:
+        if not self._beta or not self._may_refresh(full, u):
             data = await self._client.get(full)
             if data is None:
+                self._horizons.pop(full, None)
                 return _MISSING
             value = self._decode(full, data)
             return _CORRUPT if value is _CORRUPT else _Entry(value, -1, None)
         reply = await self._book.run("cache_read", (full, derived_key(full, ":meta")))
         data = reply[0]
         if data is None:
+            self._horizons.pop(full, None)
             return _MISSING
         value = self._decode(full, data)
         corrupt = value is _CORRUPT
+        if not corrupt:
+            self._remember(full, int(reply[1]), _as_int(reply[2]))
         return _CORRUPT if corrupt else _Entry(value, int(reply[1]), _as_int(reply[2]))
 
-    def _xfetch_due(self, entry: _Entry) -> bool:
+    def _remember(self, full: str, pttl_ms: int | None, delta_ms: int | None) -> None:
+        """Note when *full* expires and how long it took to load, as far as we know."""
+        if not self._beta or not pttl_ms or pttl_ms < 0 or delta_ms is None:
+            self._horizons.pop(full, None)
+            return
+        if full not in self._horizons and len(self._horizons) >= _HORIZONS_KEPT:
+            del self._horizons[next(iter(self._horizons))]  # the oldest entry
+        self._horizons[full] = (self._clock() + pttl_ms / 1000, delta_ms)
+
+    def _may_refresh(self, full: str, u: float) -> bool:
+        """False when XFetch with *u* cannot fire before the expiry we know of *full*.
+
+        The known expiry was taken when a reply arrived, so it runs late by up to
+        half a round trip; _HORIZON_SLACK_MS covers that. A key rewritten elsewhere
+        with a shorter TTL is then refreshed at expiry instead of early.
+        """
+        known = self._horizons.get(full)
+        if known is None:
+            return True
+        expires_at, delta_ms = known
+        remaining_ms = (expires_at - self._clock()) * 1000 - _HORIZON_SLACK_MS
+        return self._refresh_threshold(delta_ms, u) >= remaining_ms
+
+    def _refresh_threshold(self, delta_ms: int, u: float) -> float:
+        return math.inf if u <= 0.0 else delta_ms * self._beta * -math.log(u)
+
+    def _xfetch_due(self, entry: _Entry, u: float) -> bool:
         # XFetch (Vattani et al., VLDB 2015): refresh when delta*beta*-ln(U) reaches
         # the remaining lifetime. PTTL gives that lifetime from the server's clock,
         # so no two clocks are compared.
         if entry.delta is None or entry.pttl < 0 or not self._beta:
             return False
-        u = 1.0 - self._rand()
-        if u <= 0.0:
-            return True
-        return entry.delta * self._beta * -math.log(u) >= entry.pttl
+        return self._refresh_threshold(entry.delta, u) >= entry.pttl
 
     # -- in-process single flight -----------------------------------------------
 
@@ -675,7 +720,9 @@ class AsyncCache:
         except UNAVAILABLE as exc:
             self._redis_failed(exc)
         else:
-            if not stored:
+            if stored:
+                self._remember(keys[0], ttl, delta if meta else None)
+            else:
                 logger.debug("load of %r was superseded by set()/delete(); not written", keys[0])
         return value
 
