@@ -26,6 +26,7 @@ from aioredis_patterns import (
     NotAnInteger,
     ScriptBook,
 )
+from aioredis_patterns._lock import _waiting
 from aioredis_patterns.testing import RedisServer
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
@@ -232,6 +233,27 @@ class TestAcquireRelease:
             await lock.acquire()
         assert await redis.exists("lock:job") == 0
         assert not lock.held
+
+
+class TestWaitLines:
+    async def test_uncontended_and_contended_acquires_leave_no_wait_line_behind(
+        self, redis: Redis
+    ) -> None:
+        """Taking 200 distinct locks and one contended lock leaves the wait-line registry empty."""
+        for i in range(200):
+            async with AsyncLock(redis, f"many:{i}", ttl=5):
+                pass
+        holder = AsyncLock(redis, "contended", ttl=5)
+        await holder.acquire()
+        waiter = AsyncLock(redis, "contended", ttl=5, timeout=2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter.acquire)
+            await anyio.sleep(0.05)
+            assert _waiting._LINES.get(redis)  # the waiter stands in line
+            await holder.release()
+        assert await waiter.owned()
+        await waiter.release()
+        assert not _waiting._LINES.get(redis)
 
 
 class TestMutualExclusion:

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
 from .._groups import first_error
 from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
-from ._waiting import line_for, poll_delay
+from ._waiting import line_busy, line_for, poll_delay
 from ._watchdog import (
     Clock,
     Lease,
@@ -215,14 +215,14 @@ class Holder(ABC):
         if not block:
             return (await self._attempt()).acquired
         deadline = math.inf if limit is None else self._clock() + limit
-        line = line_for(self._line_client, self._kind, self.key)
         first: Attempt | None = None
-        if not line.busy:
+        if not line_busy(self._line_client, self._kind, self.key):
             # Nobody of this process waits: try at once. Otherwise queue up behind
             # them, so the tasks of one process get the lock first come, first served.
             first = await self._attempt()
             if first.acquired:
                 return True
+        line = line_for(self._line_client, self._kind, self.key)
         turn = line.join()
         try:
             if turn.is_set() and first is not None:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from .._backoff import Backoff
 from ._watchdog import Sleep, logger
 
-__all__ = ["WaitLine", "line_for", "poll_delay", "wait_for_signal"]
+__all__ = ["WaitLine", "line_busy", "line_for", "poll_delay", "wait_for_signal"]
 
 SIGNAL_TTL_MS = 2000
 """How long a release signal waits for a waiter before it expires."""
@@ -74,8 +74,23 @@ _LINES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], WaitLine]] = (
 )
 
 
+def line_busy(client: Any, kind: str, key: str) -> bool:
+    """True while some task of this process waits for lock *key* of *kind* on *client*.
+
+    It makes no line: an uncontended acquire must leave nothing behind in the
+    registry (one entry per lock name ever taken would grow without bound).
+    """
+    lines = _LINES.get(client)
+    line = None if lines is None else lines.get((kind, key))
+    return line is not None and line.busy
+
+
 def line_for(client: Any, kind: str, key: str) -> WaitLine:
-    """The line for lock *key* of *kind* on *client*, made on first use."""
+    """The line for lock *key* of *kind* on *client*, made on first use.
+
+    Made only by a task about to :meth:`WaitLine.join`; the last one to leave
+    removes it from the registry.
+    """
     lines = _LINES.get(client)
     if lines is None:
         lines = _LINES[client] = {}
