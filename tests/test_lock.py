@@ -449,6 +449,22 @@ class TestWatchdog:
         assert time.monotonic() - started < 0.3 + 0.5
         assert lock.stats.extensions == 0
 
+    async def test_the_watchdog_task_starts_only_when_its_first_extend_is_due(self, redis: Redis):
+        """No watchdog task exists in the first third of the ttl; one exists after it."""
+
+        def watchdogs() -> int:
+            return sum("watchdog" in task.get_name().lower() for task in asyncio.all_tasks())
+
+        lock = AsyncLock(redis, "job", ttl=0.6)
+        async with lock:
+            await anyio.sleep(0.05)
+            early = watchdogs()
+            await anyio.sleep(0.3)  # past ttl/3 = 0.2 s: an extend was due
+            late = watchdogs()
+        assert (early, late) == (0, 1)
+        assert lock.stats.extensions >= 1
+        assert watchdogs() == 0
+
     async def test_an_explicit_short_extend_inside_the_block_is_no_false_loss(self, redis: Redis):
         """extend(0.3) under a 30 s lock reschedules the watchdog; the hold survives."""
         lock = AsyncLock(redis, "job", ttl=30)

@@ -4,16 +4,22 @@ One watchdog runs per ``async with`` block, in the task group the block owns. It
 extends the lease every ttl/3 and tracks, with a monotonic clock, until when the
 holder can be sure it still holds the lock. When that is no longer true it cancels
 the block's body; the holder then raises :class:`LockLost`.
+
+Its task is not started with the block: an event-loop timer starts it in the
+block's task group when its first wake-up is due. A hold shorter than a third of
+the ttl, the common case, never creates a task, and costs no more than
+``acquire()`` and ``release()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from redis.exceptions import RedisError
 
 __all__ = [
@@ -152,22 +158,48 @@ class Watchdog:
         self._extensions = 0
         self._scope: anyio.CancelScope | None = None
         self._nap: anyio.CancelScope | None = None
+        self._group: TaskGroup | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self.lost = False
         """True once the lease was lost and the body cancelled."""
         self.error: BaseException | None = None
         """The error behind the loss, when there was one (the last transient error)."""
 
+    def arm(self, group: TaskGroup) -> None:
+        """Start :meth:`run` in *group* once the first wake-up is due; no task before then.
+
+        The timer runs on the event loop's clock; it only decides when to look. What
+        the watchdog then does is decided on the holder's clock, as always.
+        """
+        self._group = group
+        self._set_timer()
+
     def reschedule(self) -> None:
         """Wake the watchdog to recompute its schedule (the lease was changed by extend())."""
-        if self._nap is not None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._set_timer()
+        elif self._nap is not None:
             self._nap.cancel()
 
     def stop(self) -> None:
         """Stop watching (the holder is leaving its block). Safe to call twice."""
         self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._scope is not None:
             self._scope.cancel()
+
+    def _set_timer(self) -> None:
+        delay = max(0.0, self._wake_at(self._may_extend()) - self._clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if not self._stopped and self._group is not None:
+            self._group.start_soon(self.run, name=f"lock watchdog {self._name!r}")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until stopped or until the lease is lost. Never raises."""
@@ -183,6 +215,10 @@ class Watchdog:
     def _deadline(self) -> float:
         return min(self._lease.cancel_at, self._hold_deadline)
 
+    def _wake_at(self, extending: bool) -> float:
+        deadline = self._deadline()
+        return min(self._lease.extend_due, deadline) if extending else deadline
+
     def _may_extend(self) -> bool:
         if not self._auto_extend:
             return False
@@ -194,10 +230,8 @@ class Watchdog:
     async def _watch(self) -> None:
         while True:
             extending = self._may_extend()
-            due = self._lease.extend_due
-            wake_at = min(due, self._deadline()) if extending else self._deadline()
             with anyio.CancelScope() as self._nap:
-                await self._sleep(max(0.0, wake_at - self._clock()))
+                await self._sleep(max(0.0, self._wake_at(extending) - self._clock()))
             self._nap = None
             # Compare the clock after every sleep: when the event loop was blocked the
             # sleep returns late, and the lease may have run out meanwhile.
