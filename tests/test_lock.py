@@ -588,6 +588,23 @@ class TestWakeOnRelease:
         assert median < 0.025  # the fallback poll's first wait alone is 25-50 ms
         assert woken >= 15
 
+    async def test_a_release_signals_only_when_a_failed_acquire_left_the_waiter_flag(
+        self, redis: Redis
+    ):
+        """With nobody waiting, release pushes no signal; after a refused acquire it pushes one."""
+        holder = AsyncLock(redis, "job", ttl=10)
+        signal, flag = "{lock:job}:signal", "{lock:job}:waiting"
+        assert await holder.acquire()
+        assert await holder.release()
+        assert await redis.exists(signal, flag) == 0
+
+        assert await holder.acquire()
+        assert not await AsyncLock(redis, "job", ttl=10).acquire(blocking=False)
+        assert 0 < await redis.pttl(flag) <= 3000
+        assert await holder.release()
+        assert await redis.lrange(signal, 0, -1) == [b"1"]
+        assert 0 < await redis.pttl(signal) <= 2000
+
     async def test_a_release_without_signal_is_still_noticed_by_the_fallback_poll(
         self, redis: Redis
     ):

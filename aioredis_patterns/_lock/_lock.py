@@ -8,7 +8,7 @@ from .._scripts import ScriptBook
 from .._slots import derived_key
 from .._validation import Duration
 from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix
-from ._waiting import SIGNAL_TTL_MS, wait_for_signal
+from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import Clock, Sleep
 
 __all__ = ["AsyncLock"]
@@ -95,6 +95,7 @@ class AsyncLock(Holder):
         self._book = scripts or ScriptBook.for_client(client)
         self._key = check_prefix(prefix) + name
         self._fence_key = derived_key(self._key, ":fence")
+        self._waiter_key = derived_key(self._key, ":waiting")
         self._signal_key = derived_key(self._key, ":signal")
 
     @property
@@ -121,7 +122,9 @@ class AsyncLock(Holder):
 
     async def _try(self, token: str) -> Attempt:
         acquired, value = await self._book.run(
-            "lock_acquire", (self._key, self._fence_key, self._signal_key), (token, self._ttl_ms)
+            "lock_acquire",
+            (self._key, self._fence_key, self._waiter_key),
+            (token, self._ttl_ms, WAITER_FLAG_TTL_MS),
         )
         if acquired == 1:
             return Attempt(True, fence=int(value))
@@ -133,7 +136,9 @@ class AsyncLock(Holder):
     async def _release_token(self, token: str) -> bool:
         return bool(
             await self._book.run(
-                "lock_release", (self._key, self._signal_key), (token, SIGNAL_TTL_MS)
+                "lock_release",
+                (self._key, self._waiter_key, self._signal_key),
+                (token, SIGNAL_TTL_MS),
             )
         )
 

@@ -13,7 +13,7 @@ from .._scripts import ScriptBook
 from .._slots import derived_key
 from .._validation import Duration, optional_seconds
 from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, RELEASE_TIMEOUT, Attempt, Holder, check_prefix
-from ._waiting import SIGNAL_TTL_MS, wait_for_signal
+from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import TRANSIENT_ERRORS, Clock, Sleep, Undecided, drift, logger
 
 __all__ = ["AsyncRedlock"]
@@ -103,6 +103,7 @@ class AsyncRedlock(Holder):
         self._node_timeout = chosen if chosen is not None else min(max(self._ttl / 20, 0.1), 1.0)
         self._key = check_prefix(prefix) + name
         self._fence_key = derived_key(self._key, ":fence")
+        self._waiter_key = derived_key(self._key, ":waiting")
         self._signal_key = derived_key(self._key, ":signal")
         self._signal_node = 0
 
@@ -169,17 +170,19 @@ class AsyncRedlock(Holder):
 
     async def _try(self, token: str) -> Attempt:
         started = self._clock()
-        keys = (self._key, self._fence_key, self._signal_key)
-        answers = await self._on_nodes(
-            lambda _c, book: book.run("lock_acquire", keys, (token, self._ttl_ms))
-        )
+        keys = (self._key, self._fence_key, self._waiter_key)
+        args = (token, self._ttl_ms, WAITER_FLAG_TTL_MS)
+        answers = await self._on_nodes(lambda _c, book: book.run("lock_acquire", keys, args))
         won: list[tuple[int, int]] = []
         hints: list[int] = []
+        held: list[int] = []
         for node, answer in enumerate(answers):
             if isinstance(answer, list) and answer[0] == 1:
                 won.append((node, int(answer[1])))
-            elif isinstance(answer, list) and answer[1] >= 0:
-                hints.append(int(answer[1]))
+            elif isinstance(answer, list):
+                held.append(node)
+                if answer[1] >= 0:
+                    hints.append(int(answer[1]))
         if len(won) >= self._quorum:
             fence = max(count for _, count in won)
             behind = [node for node, count in won if count < fence]
@@ -206,6 +209,10 @@ class AsyncRedlock(Holder):
         if maybe_ours:
             with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
                 await self._release_nodes(token, maybe_ours)
+        if held and self._signal_node % len(self._clients) not in held:
+            # Only nodes where the lock is held carry this waiter's flag, so only their
+            # releases signal: listen on one of them.
+            self._signal_node = held[0]
         return Attempt(False, hint=min(hints) / 1000 if hints else None)
 
     async def _extend_token(self, token: str, ttl_ms: int) -> bool:
@@ -230,15 +237,17 @@ class AsyncRedlock(Holder):
         """Compare-and-delete on *nodes*; how many still held *token*."""
         answers = await self._on_nodes(
             lambda _c, book: book.run(
-                "lock_release", (self._key, self._signal_key), (token, SIGNAL_TTL_MS)
+                "lock_release",
+                (self._key, self._waiter_key, self._signal_key),
+                (token, SIGNAL_TTL_MS),
             ),
             nodes,
         )
         return sum(1 for answer in answers if answer == 1)
 
     async def _wait_signal(self, seconds: float) -> bool:
-        # Releases signal on every node, so listening on one suffices; a node that
-        # fails is swapped for the next one.
+        # Releases signal on every node where a waiter's failed acquire left its flag,
+        # so listening on one of those suffices; a node that fails is swapped for the next.
         node = self._signal_node % len(self._clients)
         signalled = await wait_for_signal(
             self._clients[node], self._signal_key, seconds, self._sleep

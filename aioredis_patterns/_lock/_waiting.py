@@ -6,9 +6,10 @@ one blocked connection per process however many tasks wait, and the tasks of one
 process get the lock in the order they asked for it.
 
 The head waits in ``BLPOP`` on the lock's signal list, which the release script
-pushes to; the ``BLPOP`` timeout is the fallback poll, a jittered backoff bounded
-by the holder's remaining TTL, so a lock freed by expiry (or by a client that
-sends no signal, like the seed's Go code) is still taken promptly.
+pushes to while a refused acquire's waiter flag exists. The ``BLPOP`` timeout is
+the fallback poll, a jittered backoff bounded by the holder's remaining TTL, so
+a lock freed by expiry (or by a client that sends no signal, like the seed's Go
+code) is still taken promptly.
 """
 
 from __future__ import annotations
@@ -23,10 +24,25 @@ from redis.exceptions import RedisError
 from .._backoff import Backoff
 from ._watchdog import Sleep, logger
 
-__all__ = ["WaitLine", "line_busy", "line_for", "poll_delay", "wait_for_signal"]
+__all__ = [
+    "SIGNAL_TTL_MS",
+    "WAITER_FLAG_TTL_MS",
+    "WaitLine",
+    "line_busy",
+    "line_for",
+    "poll_delay",
+    "wait_for_signal",
+]
 
 SIGNAL_TTL_MS = 2000
 """How long a release signal waits for a waiter before it expires."""
+
+WAITER_FLAG_TTL_MS = 3000
+"""How long a failed acquire's waiter flag lasts.
+
+Longer than the longest fallback poll (1 s) plus the BLPOP grace (0.5 s): a waiter
+renews the flag with every attempt, so it stays flagged for as long as it waits,
+and a release with nobody waiting skips the signal."""
 
 _POLL = Backoff(0.05, 1.0, jitter=0.5)
 """Fallback poll: from 25-50 ms, doubling, to at most 1 s between attempts."""
