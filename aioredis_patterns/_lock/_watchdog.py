@@ -129,6 +129,28 @@ class Watchdog:
         on_loss: called once on a loss; it cancels the body.
     """
 
+    __slots__ = (
+        "_auto_extend",
+        "_clock",
+        "_extensions",
+        "_group",
+        "_hold_deadline",
+        "_interval",
+        "_lease",
+        "_max_extensions",
+        "_name",
+        "_nap",
+        "_on_loss",
+        "_renew",
+        "_scope",
+        "_sleep",
+        "_stats",
+        "_stopped",
+        "_timer",
+        "error",
+        "lost",
+    )
+
     def __init__(
         self,
         *,
