@@ -2,7 +2,8 @@
 
 Each algorithm is one Lua script that takes every limit of the limiter at once
 (``lua/ratelimit_<algorithm>.lua``), plus a read-only twin for :meth:`peek`
-(``lua/ratelimit_<algorithm>_peek.lua``). The math shared by both lives in
+(``lua/ratelimit_<algorithm>_peek.lua``). The math both share lives in
+``lua/_rl_<algorithm>.lua``; what every algorithm shares (clock, limits, reply) in
 ``lua/_ratelimit.lua``. Key layout, memory and clock choices: ``docs/ratelimit.md``.
 """
 
@@ -273,14 +274,15 @@ class AsyncRateLimiter:
         return f"{self._client_time() * 1000:.3f}" if self._client_clock else ""
 
     def _result(self, reply: Sequence[Any]) -> RateLimitResult:
-        allowed, index, remaining, retry_ms, reset_ms, now_ms = reply
+        # every figure is an integer; times are in microseconds
+        allowed, index, remaining, retry_us, reset_us, now_us = reply
         return RateLimitResult(
-            allowed=bool(int(allowed)),
-            limit=self._rates[int(index) - 1].limit,
-            remaining=int(remaining),
-            retry_after=_seconds(retry_ms),
-            reset_after=_seconds(reset_ms),
-            decided_at=_seconds(now_ms),
+            allowed=allowed == 1,
+            limit=self._rates[index - 1].limit,
+            remaining=remaining,
+            retry_after=retry_us / 1_000_000,
+            reset_after=reset_us / 1_000_000,
+            decided_at=now_us / 1_000_000,
         )
 
     async def allow(self, key: str, *, cost: int = 1) -> RateLimitResult:
@@ -355,11 +357,6 @@ class AsyncRateLimiter:
     async def reset(self, key: str) -> None:
         """Forget everything counted for *key*: its whole limit is available again."""
         await self._client.delete(*self.keys(key))
-
-
-def _seconds(milliseconds: Any) -> float:
-    # the script sends ms with 3 decimals as text; rounding drops the float noise of /1000
-    return round(float(milliseconds) / 1000, 6)
 
 
 def _rates(

@@ -5,11 +5,12 @@
 -- A counter found without a TTL gets PEXPIRE window again. Admits only when, for
 -- every limit, count + cost <= limit; then INCRBY cost, and a counter this call created
 -- gets PEXPIRE window: the window opens at the key's first admitted request.
--- returns {allowed 0/1, reported limit index, remaining, retry_after ms, reset_after ms,
---   now ms}, the last three as strings
+-- returns {allowed 0/1, reported limit index, remaining, retry_after us, reset_after us,
+--   now us}
 -- errors: INVALID_ARGUMENT <detail>; NOT_INTEGER <key>
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_fixed_window
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 2, false)
 local now = rl_now(false)

@@ -5,11 +5,12 @@
 -- ARGV[3..] limit, window ms per limit
 -- Reports what ratelimit_fixed_window would decide for cost, changing nothing (a
 -- counter without a TTL is reported with a full window, the TTL it will get).
--- returns {would be allowed 0/1, reported limit index, remaining, retry_after ms,
---   reset_after ms, now ms}, the last three as strings
+-- returns {would be allowed 0/1, reported limit index, remaining, retry_after us,
+--   reset_after us, now us}
 -- errors: INVALID_ARGUMENT <detail>; NOT_INTEGER <key>
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_fixed_window
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 2, false)
 local now = rl_now(false)

@@ -6,11 +6,12 @@
 -- max(TAT, now) + cost * interval - burst * interval <= now; then stores that new TAT
 -- with PX = the time until the bucket is full again (>= 1 ms).
 -- A denied call writes nothing.
--- returns {allowed 0/1, reported limit index, remaining, retry_after ms, reset_after ms,
---   now ms}, the last three as strings
+-- returns {allowed 0/1, reported limit index, remaining, retry_after us, reset_after us,
+--   now us}
 -- errors: INVALID_ARGUMENT <detail>; BAD_STATE <key> (does not hold a number)
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_gcra
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 3, false)
 local now = rl_now(false)

@@ -4,11 +4,12 @@
 -- ARGV[1] now ms ('' = Redis TIME), ARGV[2] cost (integer >= 1),
 -- ARGV[3..] limit, window ms, burst per limit
 -- Reports what ratelimit_gcra would decide for cost, changing nothing.
--- returns {would be allowed 0/1, reported limit index, remaining, retry_after ms,
---   reset_after ms, now ms}, the last three as strings
+-- returns {would be allowed 0/1, reported limit index, remaining, retry_after us,
+--   reset_after us, now us}
 -- errors: INVALID_ARGUMENT <detail>; BAD_STATE <key>
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_gcra
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 3, false)
 local now = rl_now(false)

@@ -7,11 +7,12 @@
 -- Trims entries older than the longest window, then admits only when every limit has
 -- room for cost: adds cost entries at now and sets PEXPIRE to the longest window.
 -- A denied call adds nothing.
--- returns {allowed 0/1, reported limit index, remaining, retry_after ms, reset_after ms,
---   now ms}, the last three as strings
+-- returns {allowed 0/1, reported limit index, remaining, retry_after us, reset_after us,
+--   now us}
 -- errors: INVALID_ARGUMENT <detail>
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_sliding_log
 local cost = arg_int(2, 'cost', 1)
 local base = ARGV[3]
 if base == nil or base == '' then

@@ -6,11 +6,12 @@
 -- still inside (now - window, now]) + current count + cost <= limit; then adds cost to
 -- each current count and sets PEXPIRE to the end of the next window.
 -- A denied call writes nothing.
--- returns {allowed 0/1, reported limit index, remaining, retry_after ms, reset_after ms,
---   now ms}, the last three as strings
+-- returns {allowed 0/1, reported limit index, remaining, retry_after us, reset_after us,
+--   now us}
 -- errors: INVALID_ARGUMENT <detail>; BAD_STATE <key> (not a sliding_window hash)
 -- #include _prelude
 -- #include _ratelimit
+-- #include _rl_sliding_window
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 2, false)
 local now = rl_now(false)
