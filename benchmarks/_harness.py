@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -357,6 +358,7 @@ async def run_comparison(bench: Bench, comparison: Comparison) -> ComparisonResu
                 result = results[id(case)]
                 if result.unavailable:
                     continue
+                gc.collect()  # no case pays for the garbage the previous one left
                 try:
                     if case.stream is not None:
                         rate = await measure_stream(

@@ -263,6 +263,8 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "",
         f"- Each case runs {meta['duration']} s per mode, split into {meta['rounds']} rounds "
         "interleaved with the other cases of the same operation; the best round counts. "
+        "A full garbage collection runs before every round, so that no case pays for "
+        "the garbage another one left. "
         f"*serial* is one task awaiting each call; *{tasks} tasks* is {tasks} tasks sharing "
         "one client (for pub/sub: handler tasks, see the notes).",
         "- Redis runs on the same 2-core machine as the Python process, so both compete "

@@ -74,7 +74,8 @@ async def build(bench: Bench) -> Group:
         replay = await Replay.build(client, bench.book, run_with)
         peers = []
         if algorithm in PEER_OF:
-            peers.append(await _limits_case(bench, storage, PEER_OF[algorithm]))
+            for with_stats in (False, True):
+                peers.append(await _limits_case(bench, storage, PEER_OF[algorithm], with_stats))
         comparisons.append(
             Comparison(
                 name=f"rate limit {algorithm} allow",
@@ -96,7 +97,12 @@ async def build(bench: Bench) -> Group:
         scaling=scaling,
         memory=memory,
         profile=comparisons[0],
-        notes=["limits has no GCRA strategy: the gcra row has no peer."],
+        notes=[
+            "limits has no GCRA strategy: the gcra row has no peer.",
+            "limits' hit() answers only admitted or not. Its second row adds"
+            " get_window_stats(), the call that gives what allow() returns with its"
+            " decision (calls remaining, when the window resets).",
+        ],
     )
 
 
@@ -145,7 +151,7 @@ async def _limits_storage(bench: Bench) -> Any:
     return storage
 
 
-async def _limits_case(bench: Bench, storage: Any, strategy_name: str) -> Case:
+async def _limits_case(bench: Bench, storage: Any, strategy_name: str, with_stats: bool) -> Case:
     async def setup() -> OpFactory:
         if storage is None:
             raise ImportError("limits is not installed")
@@ -164,11 +170,19 @@ async def _limits_case(bench: Bench, storage: Any, strategy_name: str) -> Case:
                 hit: Awaitable[bool] = strategy.hit(item, pick())
                 return hit
 
-            return op
+            async def op_with_stats() -> None:
+                key = pick()
+                await strategy.hit(item, key)
+                await strategy.get_window_stats(item, key)
+
+            return op_with_stats if with_stats else op
 
         return make
 
-    return await bench.peer(f"limits {strategy_name}.hit", "limits", setup)
+    label = f"limits {strategy_name}.hit"
+    if with_stats:
+        label += " + get_window_stats"
+    return await bench.peer(label, "limits", setup)
 
 
 def _scaling_case(client: Redis, book: ScriptBook, algorithm: AlgorithmName) -> ScalingCase:
