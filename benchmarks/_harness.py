@@ -2,10 +2,11 @@
 
 A *case* is one way of doing a job (our pattern, the raw redis-py floor, a peer
 library). Each case runs for a fixed time, serially (one task awaiting each call)
-and with N concurrent tasks sharing one client, in interleaved rounds; the best
-round counts, so a burst of load from another process on a shared machine hurts
-one round of one case rather than the ratio. Ratios are only ever taken between
-cases measured in the same run.
+and with N concurrent tasks sharing one client, in interleaved rounds. The ops/s
+shown are each case's best round; a ratio between two cases is the median of
+their per-round ratios, so a burst of load from another process on a shared
+machine spoils one round's ratio rather than the result. Ratios are only ever
+taken between cases measured in the same run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -123,10 +125,39 @@ class Measurement:
 
     label: str
     serial: float | None = None
+    """The best round's ops/s."""
     concurrent: float | None = None
     round_trips_per_op: float | None = None
     commands_per_op: float | None = None
     unavailable: str | None = None
+    rounds: dict[str, list[float | None]] = field(
+        default_factory=lambda: {"serial": [], "concurrent": []}
+    )
+    """ops/s of every round, by mode; None for a round that failed."""
+
+    def record(self, mode: str, rate: float | None) -> None:
+        """Add one round's ops/s (None: the round failed) and keep the best."""
+        self.rounds[mode].append(rate)
+        if rate is not None and rate > (getattr(self, mode) or 0.0):
+            setattr(self, mode, rate)
+
+    def over(self, other: Measurement, mode: str) -> float | None:
+        """This case's ops/s over *other*'s: the median of the per-round ratios.
+
+        The cases of one operation run back to back within each round, so a round's
+        ratio compares them under the same machine load; the median over the rounds
+        then ignores the rounds that another process disturbed.
+        """
+        if self.unavailable or other.unavailable:
+            return None
+        pairs = [
+            mine / theirs
+            for mine, theirs in zip(self.rounds[mode], other.rounds[mode], strict=True)
+            if mine and theirs
+        ]
+        if not pairs:
+            return None
+        return statistics.median(pairs)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +167,8 @@ class Measurement:
             "round_trips_per_op": _round(self.round_trips_per_op, 2),
             "server_commands_per_op": _round(self.commands_per_op, 2),
             "unavailable": self.unavailable,
+            "serial_rounds": [_round(r) for r in self.rounds["serial"]],
+            "concurrent_rounds": [_round(r) for r in self.rounds["concurrent"]],
         }
 
 
@@ -375,10 +408,7 @@ async def run_comparison(bench: Bench, comparison: Comparison) -> ComparisonResu
                     result.unavailable = f"failed during the run: {_describe(exc)}"
                     print(f"  ! {case.label}: {result.unavailable}", file=sys.stderr)
                     continue
-                if concurrent:
-                    result.concurrent = max(result.concurrent or 0.0, rate)
-                else:
-                    result.serial = max(result.serial or 0.0, rate)
+                result.record("concurrent" if concurrent else "serial", rate)
         if not concurrent:
             for case in live:
                 result = results[id(case)]

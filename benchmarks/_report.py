@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ._harness import ComparisonResult, Measurement
-from ._results import RunResult, ratio
+from ._results import RunResult
 
 # --- console ---------------------------------------------------------------------------
 
@@ -45,10 +45,7 @@ def format_comparison(c: ComparisonResult, tasks: int) -> str:
             f" {_cmds(m):>8}"
         )
         if with_ratio:
-            text += (
-                f"   {_x(ratio(c.ours.serial, m.serial)):>7}"
-                f" {_x(ratio(c.ours.concurrent, m.concurrent)):>7}"
-            )
+            text += f"   {_x(c.ours.over(m, 'serial')):>7} {_x(c.ours.over(m, 'concurrent')):>7}"
         return text
 
     lines.append(row("ours   ", c.ours, False))
@@ -262,9 +259,12 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "## How to read this",
         "",
         f"- Each case runs {meta['duration']} s per mode, split into {meta['rounds']} rounds "
-        "interleaved with the other cases of the same operation; the best round counts. "
-        "A full garbage collection runs before every round, so that no case pays for "
-        "the garbage another one left. "
+        "interleaved with the other cases of the same operation; the ops/s columns show "
+        "each case's best round. A ratio is the median, over the rounds, of the two cases' "
+        "ops/s in the same round (they ran back to back), so a burst of load from another "
+        "process spoils one round's ratio rather than the result. A full garbage "
+        "collection runs before every round, so that no case pays for the garbage "
+        "another one left. "
         f"*serial* is one task awaiting each call; *{tasks} tasks* is {tasks} tasks sharing "
         "one client (for pub/sub: handler tasks, see the notes).",
         "- Redis runs on the same 2-core machine as the Python process, so both compete "

@@ -10,13 +10,6 @@ from ._profile import Profile
 from ._scaling import ScalingResult
 
 
-def ratio(ours: float | None, other: float | None) -> float | None:
-    """ours ÷ other (above 1: ours does more per second)."""
-    if not ours or not other:
-        return None
-    return ours / other
-
-
 @dataclass
 class GroupResult:
     key: str
@@ -44,9 +37,9 @@ class GroupResult:
 
 def _with_ratios(m: Measurement, ours: Measurement) -> dict[str, Any]:
     data = m.as_json()
-    for column, attr in (("serial", "serial"), ("concurrent", "concurrent")):
-        value = ratio(getattr(ours, attr), getattr(m, attr))
-        data[f"ours_over_this_{column}"] = None if value is None else round(value, 3)
+    for mode in ("serial", "concurrent"):
+        value = ours.over(m, mode)
+        data[f"ours_over_this_{mode}"] = None if value is None else round(value, 3)
     return data
 
 
