@@ -194,3 +194,19 @@ class TestHolders:
         assert len(events) == 6
         assert median < 0.05  # the fallback poll's first wait alone is 25-50 ms
         assert woken >= 3
+
+    async def test_a_release_signals_only_when_a_refused_acquire_left_the_waiter_flag(
+        self, redis: Redis
+    ):
+        """With nobody waiting, release pushes no signal; after a refused acquire it pushes one."""
+        holder = AsyncSemaphore(redis, "pool", 1, ttl=10)
+        signal, flag = "{semaphore:pool}:signal", "{semaphore:pool}:waiting"
+        assert await holder.acquire()
+        assert await holder.release()
+        assert await redis.exists(signal, flag) == 0
+
+        assert await holder.acquire()
+        assert not await AsyncSemaphore(redis, "pool", 1, ttl=10).acquire(blocking=False)
+        assert 0 < await redis.pttl(flag) <= 3000
+        assert await holder.release()
+        assert await redis.lrange(signal, 0, -1) == [b"1"]

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
 from .._groups import first_error
+from .._slots import derived_key
 from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
 from ._waiting import line_busy, line_for, poll_delay
 from ._watchdog import (
@@ -31,7 +32,14 @@ from ._watchdog import (
     logger,
 )
 
-__all__ = ["DEFAULT_CLOCK", "DEFAULT_SLEEP", "Attempt", "Holder", "check_prefix"]
+__all__ = [
+    "DEFAULT_CLOCK",
+    "DEFAULT_SLEEP",
+    "Attempt",
+    "Holder",
+    "check_prefix",
+    "companion_keys",
+]
 
 _H = TypeVar("_H", bound="Holder")
 
@@ -47,6 +55,15 @@ def check_prefix(prefix: Any) -> str:
     if not isinstance(prefix, str):
         raise InvalidArgument(f"prefix must be a str, not {type(prefix).__name__}")
     return prefix
+
+
+def companion_keys(key: str) -> tuple[str, str, str]:
+    """The fencing counter, waiter flag and signal list of lock *key*, in its cluster slot."""
+    return (
+        derived_key(key, ":fence"),
+        derived_key(key, ":waiting"),
+        derived_key(key, ":signal"),
+    )
 
 
 class Attempt:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._scripts import ScriptBook
-from .._slots import derived_key
 from .._validation import Duration
-from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix
+from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix, companion_keys
 from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import Clock, Sleep
 
@@ -94,9 +93,7 @@ class AsyncLock(Holder):
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
         self._key = check_prefix(prefix) + name
-        self._fence_key = derived_key(self._key, ":fence")
-        self._waiter_key = derived_key(self._key, ":waiting")
-        self._signal_key = derived_key(self._key, ":signal")
+        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
 
     @property
     def key(self) -> str:

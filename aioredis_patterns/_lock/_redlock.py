@@ -10,9 +10,16 @@ import anyio
 
 from .._exceptions import AioRedisPatternsError, InvalidArgument
 from .._scripts import ScriptBook
-from .._slots import derived_key
 from .._validation import Duration, optional_seconds
-from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, RELEASE_TIMEOUT, Attempt, Holder, check_prefix
+from ._base import (
+    DEFAULT_CLOCK,
+    DEFAULT_SLEEP,
+    RELEASE_TIMEOUT,
+    Attempt,
+    Holder,
+    check_prefix,
+    companion_keys,
+)
 from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import TRANSIENT_ERRORS, Clock, Sleep, Undecided, drift, logger
 
@@ -102,9 +109,7 @@ class AsyncRedlock(Holder):
         chosen = optional_seconds(node_timeout, "node_timeout")
         self._node_timeout = chosen if chosen is not None else min(max(self._ttl / 20, 0.1), 1.0)
         self._key = check_prefix(prefix) + name
-        self._fence_key = derived_key(self._key, ":fence")
-        self._waiter_key = derived_key(self._key, ":waiting")
-        self._signal_key = derived_key(self._key, ":signal")
+        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
         self._signal_node = 0
 
     @property

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._scripts import ScriptBook
-from .._slots import derived_key
 from .._validation import Duration, positive_int
-from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix
-from ._waiting import SIGNAL_TTL_MS, wait_for_signal
+from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix, companion_keys
+from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import Clock, Sleep
 
 __all__ = ["AsyncSemaphore"]
@@ -79,8 +78,7 @@ class AsyncSemaphore(Holder):
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
         self._key = check_prefix(prefix) + name
-        self._fence_key = derived_key(self._key, ":fence")
-        self._signal_key = derived_key(self._key, ":signal")
+        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
 
     @property
     def key(self) -> str:
@@ -121,8 +119,8 @@ class AsyncSemaphore(Holder):
     async def _try(self, token: str) -> Attempt:
         admitted, value = await self._book.run(
             "semaphore_acquire",
-            (self._key, self._fence_key),
-            (token, self._ttl_ms, self._limit),
+            (self._key, self._fence_key, self._waiter_key),
+            (token, self._ttl_ms, self._limit, WAITER_FLAG_TTL_MS),
         )
         if admitted == 1:
             return Attempt(True, fence=int(value))
@@ -135,7 +133,7 @@ class AsyncSemaphore(Holder):
         return bool(
             await self._book.run(
                 "semaphore_release",
-                (self._key, self._signal_key),
+                (self._key, self._waiter_key, self._signal_key),
                 (token, SIGNAL_TTL_MS, self._limit),
             )
         )
