@@ -32,14 +32,7 @@ from ._watchdog import (
     logger,
 )
 
-__all__ = [
-    "DEFAULT_CLOCK",
-    "DEFAULT_SLEEP",
-    "Attempt",
-    "Holder",
-    "check_prefix",
-    "companion_keys",
-]
+__all__ = ["DEFAULT_CLOCK", "DEFAULT_SLEEP", "Attempt", "Holder"]
 
 _H = TypeVar("_H", bound="Holder")
 
@@ -48,22 +41,6 @@ RELEASE_TIMEOUT = 1.0
 
 DEFAULT_CLOCK: Clock = time.monotonic
 DEFAULT_SLEEP: Sleep = anyio.sleep
-
-
-def check_prefix(prefix: Any) -> str:
-    """Return *prefix* if it is a ``str`` (it may be empty), else raise InvalidArgument."""
-    if not isinstance(prefix, str):
-        raise InvalidArgument(f"prefix must be a str, not {type(prefix).__name__}")
-    return prefix
-
-
-def companion_keys(key: str) -> tuple[str, str, str]:
-    """The fencing counter, waiter flag and signal list of lock *key*, in its cluster slot."""
-    return (
-        derived_key(key, ":fence"),
-        derived_key(key, ":waiting"),
-        derived_key(key, ":signal"),
-    )
 
 
 class Attempt:
@@ -87,6 +64,7 @@ class Holder(ABC):
         self,
         name: str,
         *,
+        prefix: Any,
         ttl: Any,
         auto_extend: bool,
         blocking: bool,
@@ -97,6 +75,13 @@ class Holder(ABC):
         sleep: Sleep,
     ) -> None:
         self._name = non_empty_str(name, "name")
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix must be a str, not {type(prefix).__name__}")
+        self._key = prefix + name
+        # companions in the key's cluster slot: fencing counter, waiter flag, signal list
+        self._fence_key = derived_key(self._key, ":fence")
+        self._waiter_key = derived_key(self._key, ":waiting")
+        self._signal_key = derived_key(self._key, ":signal")
         self._ttl_ms = to_milliseconds(ttl, "ttl")
         self._ttl = self._ttl_ms / 1000
         self._auto_extend = bool(auto_extend)
@@ -140,9 +125,9 @@ class Holder(ABC):
         """The client whose per-process wait line this lock uses."""
 
     @property
-    @abstractmethod
     def key(self) -> str:
-        """The Redis key of the lock (``prefix + name``)."""
+        """The Redis key of the lock, or of the semaphore's holders (``prefix + name``)."""
+        return self._key
 
     @abstractmethod
     async def owned(self) -> bool:

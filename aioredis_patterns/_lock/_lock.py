@@ -6,7 +6,7 @@ from typing import Any
 
 from .._scripts import ScriptBook
 from .._validation import Duration
-from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix, companion_keys
+from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder
 from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import Clock, Sleep
 
@@ -81,6 +81,7 @@ class AsyncLock(Holder):
     ) -> None:
         super().__init__(
             name,
+            prefix=prefix,
             ttl=ttl,
             auto_extend=auto_extend,
             blocking=blocking,
@@ -92,13 +93,6 @@ class AsyncLock(Holder):
         )
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
-        self._key = check_prefix(prefix) + name
-        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
-
-    @property
-    def key(self) -> str:
-        """The Redis key of the lock (``prefix + name``)."""
-        return self._key
 
     @property
     def _line_client(self) -> Any:

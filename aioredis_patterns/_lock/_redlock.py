@@ -17,8 +17,6 @@ from ._base import (
     RELEASE_TIMEOUT,
     Attempt,
     Holder,
-    check_prefix,
-    companion_keys,
 )
 from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import TRANSIENT_ERRORS, Clock, Sleep, Undecided, drift, logger
@@ -90,6 +88,7 @@ class AsyncRedlock(Holder):
     ) -> None:
         super().__init__(
             name,
+            prefix=prefix,
             ttl=ttl,
             auto_extend=auto_extend,
             blocking=blocking,
@@ -108,14 +107,7 @@ class AsyncRedlock(Holder):
         self._quorum = len(self._clients) // 2 + 1
         chosen = optional_seconds(node_timeout, "node_timeout")
         self._node_timeout = chosen if chosen is not None else min(max(self._ttl / 20, 0.1), 1.0)
-        self._key = check_prefix(prefix) + name
-        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
         self._signal_node = 0
-
-    @property
-    def key(self) -> str:
-        """The Redis key of the lock on every node (``prefix + name``)."""
-        return self._key
 
     @property
     def quorum(self) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 from .._scripts import ScriptBook
 from .._validation import Duration, positive_int
-from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder, check_prefix, companion_keys
+from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder
 from ._waiting import SIGNAL_TTL_MS, WAITER_FLAG_TTL_MS, wait_for_signal
 from ._watchdog import Clock, Sleep
 
@@ -65,6 +65,7 @@ class AsyncSemaphore(Holder):
     ) -> None:
         super().__init__(
             name,
+            prefix=prefix,
             ttl=ttl,
             auto_extend=auto_extend,
             blocking=blocking,
@@ -77,13 +78,6 @@ class AsyncSemaphore(Holder):
         self._limit = positive_int(limit, "limit")
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
-        self._key = check_prefix(prefix) + name
-        self._fence_key, self._waiter_key, self._signal_key = companion_keys(self._key)
-
-    @property
-    def key(self) -> str:
-        """The Redis key of the holders' sorted set (``prefix + name``)."""
-        return self._key
 
     @property
     def limit(self) -> int:
