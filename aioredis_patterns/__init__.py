@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
+from ._autopipeline import autopipeline
 from ._backoff import Backoff
 from ._cache import AsyncCache, CacheStats
 from ._codecs import Codec
@@ -88,6 +89,7 @@ __all__ = [
     "StreamProducer",
     "StreamStats",
     "__version__",
+    "autopipeline",
     "connect",
     "connect_cluster",
     "redact_url",

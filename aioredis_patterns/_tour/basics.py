@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
+from .._autopipeline import autopipeline
+
 
 async def run(client: Any, say: Callable[[str], None]) -> None:
     await client.set("tour:greeting", "hello", px=30 * 60 * 1000)
@@ -20,3 +24,17 @@ async def run(client: Any, say: Callable[[str], None]) -> None:
     exists = await client.exists("tour:key1", "tour:key2", "tour:nothing-here")
     deleted = await client.delete("tour:key1", "tour:key2")
     say(f"EXISTS of three keys -> {exists}; DEL -> {deleted}")
+
+    # Many tasks sharing the client: their commands can share one write and one read.
+    async with autopipeline(client) as piped:
+
+        async def hit() -> None:
+            await piped.incr("tour:hits")
+
+        before = int((await client.info("stats"))["total_reads_processed"])
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(hit)
+        reads = int((await client.info("stats"))["total_reads_processed"]) - before - 1
+    hits = int(await client.getdel("tour:hits"))
+    say(f"autopipeline: 100 concurrent INCRs counted {hits}, in {reads} server reads, not 100")

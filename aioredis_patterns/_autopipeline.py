@@ -1,0 +1,221 @@
+"""autopipeline(): send the commands that concurrent tasks issue together in one write.
+
+With a pool, fifty tasks awaiting fifty commands cost fifty writes, fifty reads
+and fifty server wake-ups, and each task waits for a free connection. Here a
+command issued while another is in flight joins a batch instead; the batch goes
+out as one non-transactional pipeline on one pooled connection, and each caller
+gets its own reply (or its own error) back. A task alone on the client never
+waits for anyone: with nothing in flight its command runs directly.
+
+The batches are run by tasks in a task group that the ``async with`` owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ._exceptions import InvalidArgument
+from ._validation import positive_int
+
+__all__ = ["autopipeline"]
+
+# Commands that keep running directly on a pooled connection: the ones that block
+# the connection until something happens (a batch behind them would wait too) and
+# the ones that change or depend on the state of one connection.
+_DIRECT: Final = frozenset(
+    {
+        "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX",
+        "BZMPOP", "XREAD", "XREADGROUP", "WAIT", "WAITAOF", "MULTI", "EXEC",
+        "DISCARD", "WATCH", "UNWATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE",
+        "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", "SELECT", "AUTH",
+        "HELLO", "RESET", "QUIT", "CLIENT", "READONLY", "READWRITE", "ASKING",
+    }
+)  # fmt: skip
+
+_Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
+
+
+def _runs_directly(name: Any) -> bool:
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return str(name).split(" ", 1)[0].upper() in _DIRECT
+
+
+class _AutoPipelined(Redis):
+    """A client on the same pool whose concurrent commands share pipelines."""
+
+    def __init__(self, client: Redis, *, concurrency: int, max_batch: int) -> None:
+        super().__init__(connection_pool=client.connection_pool)
+        self.response_callbacks = client.response_callbacks
+        self._concurrency = concurrency
+        self._max_batch = max_batch
+        self._group: TaskGroup | None = None
+        self._queued: list[_Call] = []
+        self._direct = 0  # commands running directly right now
+        self._batches = 0  # batch tasks started and not yet finished
+        self._starting = False  # a batch task was started and has not taken the queue yet
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        group = self._group
+        if group is None or (self._direct == 0 and self._batches == 0) or _runs_directly(args[0]):
+            self._direct += 1
+            try:
+                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            finally:
+                self._direct -= 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((args, options, future))
+        if not self._starting and self._batches < self._concurrency:
+            self._starting = True
+            self._batches += 1
+            group.start_soon(self._send_batches)
+        # A caller cancelled here leaves its command in the batch; it may still run,
+        # as it may when a cancelled caller's command was already written to a socket.
+        return await future
+
+    async def _send_batches(self) -> None:
+        try:
+            self._starting = False
+            while self._queued:
+                batch = self._queued[: self._max_batch]
+                del self._queued[: self._max_batch]
+                await self._send(batch)
+                if self._starting:
+                    break  # a fresh task takes what queued up meanwhile
+        except BaseException:
+            # Cancelled with the block: nobody is left to send what is queued.
+            queued, self._queued = self._queued, []
+            _fail(queued, _closed())
+            raise
+        finally:
+            self._batches -= 1
+
+    async def _send(self, batch: list[_Call]) -> None:
+        pipe: Pipeline = self.pipeline(transaction=False)
+        for args, options, _ in batch:
+            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        except BaseException:
+            _fail(batch, _closed())
+            raise
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+def _closed() -> RedisConnectionError:
+    return RedisConnectionError(
+        "the autopipeline closed while this command was queued or in flight; "
+        "it may or may not have run"
+    )
+
+
+def _fail(batch: list[_Call], exc: BaseException) -> None:
+    first = True
+    for _, _, future in batch:
+        if not future.done():
+            # Each caller raises its own copy: one instance raised in many tasks
+            # would collect all of their tracebacks.
+            future.set_exception(exc if first else copy.copy(exc))
+            first = False
+
+
+def autopipeline(
+    client: Redis, *, concurrency: int = 4, max_batch: int = 512
+) -> AbstractAsyncContextManager[Redis]:
+    """A client on *client*'s pool that sends concurrent commands in shared pipelines.
+
+    Use it where many tasks share one client, such as a web service::
+
+        async with autopipeline(await connect(url)) as redis:
+            limiter = AsyncRateLimiter(redis, limit=100, window=60)
+
+    Every pattern works on the client it yields, unchanged. A command issued while
+    another command of this client is in flight is queued, and the queue goes out
+    as one non-transactional pipeline: one write, one connection, one reply per
+    caller, each with its own error. A command alone runs directly, so serial use
+    costs nothing extra. Blocking commands (BLPOP, XREADGROUP, WAIT, ...) and
+    commands that hold state on one connection (MULTI, WATCH, SELECT, ...) always
+    run directly, as do ``pipeline()`` and ``pubsub()``.
+
+    Commands from different tasks keep the order they were issued in; a task that
+    awaits each command sees them run in its own order. A batch that meets a
+    connection error is retried as a whole, under the client's retry policy, so a
+    write in it may run twice, as a retried single command may.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (one server or Sentinel); its pool, retry
+            policy, timeouts and response parsing are used.
+        concurrency: batches in flight at once, each on its own pooled connection.
+        max_batch: most commands in one batch.
+
+    Raises:
+        InvalidArgument: *client* is not a ``redis.asyncio.Redis`` (a cluster client
+            or a pipeline), or a bound is not a positive integer.
+
+    On exit, new commands run directly again, and batches already queued are sent
+    and answered first. If the block is cancelled, they are cancelled too, and
+    their callers get ``redis.exceptions.ConnectionError``.
+    """
+    if not isinstance(client, Redis) or isinstance(client, Pipeline):
+        raise InvalidArgument(
+            f"autopipeline() needs a redis.asyncio.Redis client, got {type(client).__name__}"
+        )
+    return _Owner(
+        _AutoPipelined(
+            client,
+            concurrency=positive_int(concurrency, "concurrency", maximum=1024),
+            max_batch=positive_int(max_batch, "max_batch", maximum=1_000_000),
+        )
+    )
+
+
+class _Owner:
+    """The ``async with`` that owns the task group the batches run in."""
+
+    def __init__(self, client: _AutoPipelined) -> None:
+        self._client = client
+        self._group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Redis:
+        if self._group is not None:
+            raise RuntimeError("this autopipeline() is already entered")
+        group = self._group = anyio.create_task_group()
+        await group.__aenter__()
+        self._client._group = group
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        group, self._group = self._group, None
+        assert group is not None
+        self._client._group = None  # new commands run directly
+        # Batch tasks never fail (their errors go to their callers), so the group
+        # raises only a cancellation. The block's own exception is not handed to
+        # it, which would wrap it in an ExceptionGroup: it propagates as itself.
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            return bool(await group.__aexit__(exc_type, exc, tb))
+        await group.__aexit__(None, None, None)
+        return False

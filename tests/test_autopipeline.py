@@ -1,0 +1,245 @@
+"""autopipeline(): concurrent commands share pipelines; replies, errors, faults stay per caller."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from aioredis_patterns import (
+    AsyncLock,
+    AsyncRateLimiter,
+    AtomicOps,
+    InvalidArgument,
+    ScriptBook,
+    autopipeline,
+    connect,
+)
+from aioredis_patterns.testing import RedisServer
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+
+async def reads_processed(client: Redis) -> int:
+    """The server's count of socket reads that carried commands (INFO stats)."""
+    return int((await client.info("stats"))["total_reads_processed"])
+
+
+async def gather(*calls: Any) -> list[Any]:
+    """Run the awaitables concurrently, started in order; each result or exception."""
+    results: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await calls[i]
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return results
+
+
+class TestBatching:
+    async def test_concurrent_commands_reach_the_server_in_few_reads(self, redis: Redis) -> None:
+        """200 concurrent INCRs arrive in under 20 server reads; a plain client needs over 150."""
+        async with autopipeline(redis) as piped:
+            before = await reads_processed(redis)
+            replies = await gather(*(piped.incr("n") for _ in range(200)))
+            piped_reads = await reads_processed(redis) - before - 1
+        assert sorted(replies) == list(range(1, 201))
+
+        before = await reads_processed(redis)
+        await gather(*(redis.incr("n") for _ in range(200)))
+        plain_reads = await reads_processed(redis) - before - 1
+        assert piped_reads < 20 < 150 < plain_reads
+
+    async def test_max_batch_bounds_one_batch(self, redis: Redis) -> None:
+        """With max_batch=10, 100 concurrent commands take at least 9 server reads."""
+        async with autopipeline(redis, max_batch=10) as piped:
+            before = await reads_processed(redis)
+            replies = await gather(*(piped.incr("n") for _ in range(100)))
+            reads = await reads_processed(redis) - before - 1
+        assert sorted(replies) == list(range(1, 101))
+        assert reads >= 9
+
+    async def test_each_caller_gets_its_own_parsed_reply_or_error(self, redis: Redis) -> None:
+        """In one batch, replies are parsed as redis-py parses them and an error hits one caller."""
+        await redis.hset("h", mapping={"a": "1"})
+        await redis.set("s", "text")
+        async with autopipeline(redis) as piped:
+            got = await gather(
+                piped.set("k", "v"),
+                piped.get("k"),
+                piped.hgetall("h"),
+                piped.incr("s"),  # not an integer: an error for this caller only
+                piped.exists("k", "h", "missing"),
+                piped.set("nx", "1", nx=True),
+            )
+        assert got[0] is True
+        assert got[1] == b"v"
+        assert got[2] == {b"a": b"1"}
+        assert isinstance(got[3], ResponseError)
+        assert "not an integer" in str(got[3])
+        assert got[4] == 2
+        assert got[5] is True
+
+    async def test_blocking_commands_do_not_hold_up_a_batch(self, redis: Redis) -> None:
+        """A BLPOP issued among batched GETs runs on its own connection; the GETs return at once."""
+        async with autopipeline(redis) as piped:
+            done: dict[str, float] = {}
+            start = time.monotonic()
+
+            async def timed(label: str, call: Any) -> None:
+                await call
+                done[label] = time.monotonic() - start
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(timed, "first", piped.get("a"))  # runs directly
+                tg.start_soon(timed, "blpop", piped.blpop(["empty"], timeout=1))
+                for i in range(10):
+                    tg.start_soon(timed, f"get{i}", piped.get("a"))
+        assert done["blpop"] >= 0.9
+        assert max(t for label, t in done.items() if label != "blpop") < 0.5
+
+    async def test_scripts_fall_back_to_eval_inside_a_batch(self, redis: Redis) -> None:
+        """After SCRIPT FLUSH, 50 concurrent atomic operations in batches all succeed via EVAL."""
+        async with autopipeline(redis) as piped:
+            book = ScriptBook.for_client(piped)
+            await book.load_all()
+            await redis.script_flush()
+            ops = AtomicOps(piped)
+            replies = await gather(*(ops.increment_with_limit("c", 1, 1000) for _ in range(50)))
+        assert not [r for r in replies if isinstance(r, Exception)]
+        assert int(await redis.get("c")) == 50
+        assert book.stats.eval_fallbacks >= 1
+
+    async def test_rate_limit_stays_exact_under_200_concurrent_calls(self, redis: Redis) -> None:
+        """A limit of 50 admits exactly 50 of 200 concurrent allow() calls sent in batches."""
+        async with autopipeline(redis) as piped:
+            limiter = AsyncRateLimiter(piped, limit=50, window=60, algorithm="sliding_window")
+            results = await gather(*(limiter.allow("user") for _ in range(200)))
+        assert sum(r.allowed for r in results) == 50
+
+    async def test_a_lock_serialises_tasks_on_the_piped_client(self, redis: Redis) -> None:
+        """20 tasks doing read-modify-write under one AsyncLock on the piped client lose nothing."""
+
+        async def add_one(client: Redis) -> None:
+            async with AsyncLock(client, "counter", ttl=5, timeout=10):
+                value = int(await client.get("plain") or 0)
+                await anyio.sleep(0.001)  # others run meanwhile, and queue their commands
+                await client.set("plain", value + 1)
+
+        async with autopipeline(redis) as piped:
+            with anyio.fail_after(20):
+                await gather(*(add_one(piped) for _ in range(20)))
+        assert await redis.get("plain") == b"20"
+
+
+class TestFaults:
+    async def test_cancelled_callers_leave_the_rest_of_the_batch_unharmed(
+        self, redis: Redis
+    ) -> None:
+        """Cancelling half the callers of a batch leaves the others' replies right and in sync."""
+        async with autopipeline(redis) as piped:
+            replies: list[int] = []
+
+            async def incr(cancel: bool) -> None:
+                with anyio.CancelScope() as scope:
+                    if cancel:
+                        scope.cancel()  # delivered at the first await, after queueing
+                    replies.append(await piped.incr("n"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(incr, False)  # runs directly, so the rest queue
+                for i in range(100):
+                    tg.start_soon(incr, i % 2 == 0)
+            assert len(replies) >= 51
+            assert len(set(replies)) == len(replies)
+            # Nothing was left unread on a connection: every reply still matches its command.
+            assert int(await piped.get("n")) in range(max(replies), 102)
+            echoes = await gather(*(piped.echo(str(i)) for i in range(20)))
+            assert echoes == [str(i).encode() for i in range(20)]
+            assert await piped.echo("still in sync") == b"still in sync"
+
+    async def test_killed_server_fails_every_caller_then_recovers(
+        self, redis_server: RedisServer
+    ) -> None:
+        """With the server killed, each batched caller gets ConnectionError; restarted, replies."""
+        client = await connect(redis_server.url, timeout=0.5, retries=0)
+        try:
+            async with autopipeline(client) as piped:
+                await piped.set("k", "v")
+                redis_server.kill()
+                with anyio.fail_after(5):
+                    failed = await gather(*(piped.get("k") for _ in range(20)))
+                assert all(isinstance(r, RedisConnectionError) for r in failed), failed
+                redis_server.start()
+                with anyio.fail_after(5):
+                    assert await gather(*(piped.set("k", i) for i in range(20))) == [True] * 20
+        finally:
+            await client.aclose()
+
+    async def test_exit_answers_queued_commands_then_runs_directly(self, redis: Redis) -> None:
+        """Commands still queued when the block exits are answered; later ones run directly."""
+        replies: list[int] = []
+
+        async def incr(client: Redis) -> None:
+            replies.append(await client.incr("n"))
+
+        async with anyio.create_task_group() as outside, autopipeline(redis) as piped:
+            for _ in range(50):
+                outside.start_soon(incr, piped)
+            await anyio.lowlevel.checkpoint()  # they start and queue; the block exits at once
+        assert sorted(replies) == list(range(1, 51))
+        assert await piped.incr("n") == 51
+
+    async def test_cancelled_block_fails_its_queued_commands(self, redis: Redis) -> None:
+        """Commands still queued, in any batch, when the block is cancelled get ConnectionError."""
+        outcomes: list[object] = []
+
+        async def incr(client: Redis) -> None:
+            try:
+                outcomes.append(await client.incr("n"))
+            except RedisConnectionError as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as outside:
+                with anyio.CancelScope() as scope:
+                    async with autopipeline(redis, max_batch=10) as piped:
+                        for _ in range(50):
+                            outside.start_soon(incr, piped)
+                        await anyio.lowlevel.checkpoint()  # queued now
+                        scope.cancel()
+                        await anyio.sleep(1)
+        assert len(outcomes) == 50
+        assert any(isinstance(o, RedisConnectionError) for o in outcomes)
+        assert await redis.echo("in sync") == b"in sync"
+
+    async def test_exception_in_block_propagates_as_itself(self, redis: Redis) -> None:
+        """An exception raised in the block reaches the caller as itself, not in a group."""
+        with pytest.raises(KeyError) as info:
+            async with autopipeline(redis):
+                raise KeyError("mine")
+        assert not isinstance(info.value, ExceptionGroup)
+
+
+class TestValidation:
+    async def test_rejects_what_is_not_a_plain_client(self, redis: Redis) -> None:
+        """A pipeline, a URL or a bad bound is refused with InvalidArgument before any I/O."""
+        for bad in (redis.pipeline(), "redis://localhost"):
+            with pytest.raises(InvalidArgument, match=r"redis\.asyncio\.Redis"):
+                autopipeline(bad)  # type: ignore[arg-type]
+        for kwargs in ({"concurrency": 0}, {"max_batch": True}, {"concurrency": 2.0}):
+            with pytest.raises(InvalidArgument):
+                autopipeline(redis, **kwargs)  # type: ignore[arg-type]
