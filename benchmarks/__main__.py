@@ -28,7 +28,7 @@ from ._results import GroupResult, RunResult
 from ._scaling import run_scaling
 from ._server import machine_facts, start_server
 
-MODULES = ("floor", "atomic", "lock", "ratelimit", "cache", "pubsub")
+MODULES = ("floor", "atomic", "lock", "ratelimit", "cache", "pubsub", "autopipeline")
 ROOT = Path(__file__).resolve().parent.parent
 
 

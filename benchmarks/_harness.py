@@ -199,6 +199,15 @@ class Bench:
     rounds: int
     stack: AsyncExitStack
     peer_versions: dict[str, str] = field(default_factory=dict)
+    ours_client: Redis | None = None
+    """The client our patterns run on, when it is not :attr:`client` (an autopipeline)."""
+
+    @property
+    def ours(self) -> tuple[Redis, ScriptBook]:
+        """The client our patterns run on and its ScriptBook; floors and peers use ``client``."""
+        if self.ours_client is None:
+            return self.client, self.book
+        return self.ours_client, ScriptBook.for_client(self.ours_client)
 
     async def peer(
         self,

@@ -33,7 +33,8 @@ class _Spec:
 
 async def build(bench: Bench) -> Group:
     client = bench.client
-    ops = AtomicOps(client, scripts=bench.book)
+    ours, ours_book = bench.ours
+    ops = AtomicOps(ours, scripts=ours_book)
 
     async def no_setup(_key_id: str) -> None:
         return None

@@ -54,7 +54,8 @@ def _ids(worker: int) -> list[str]:
 
 async def build(bench: Bench) -> Group:
     client = bench.client
-    cache = AsyncCache(client, namespace="cache:", ttl=TTL, scripts=bench.book)
+    ours, ours_book = bench.ours
+    cache = AsyncCache(ours, namespace="cache:", ttl=TTL, scripts=ours_book)
     await cache.set_many({f"user:{i}": VALUE for i in range(KEYS)})
     for i in range(KEYS):  # entries written by get_or_load carry the XFetch side key
         await cache.get_or_load(f"loaded:{i}", load_user)

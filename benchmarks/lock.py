@@ -33,6 +33,7 @@ return 0
 
 async def build(bench: Bench) -> Group:
     client = bench.client
+    ours, _ = bench.ours
 
     def run_with(book: ScriptBook, key_id: str, _unique: str) -> Awaitable[object]:
         async def cycle() -> None:
@@ -48,7 +49,7 @@ async def build(bench: Bench) -> Group:
 
     acquire_release = Comparison(
         name="lock acquire+release",
-        ours=Case("AsyncLock.acquire(blocking=False) + release", _ours(client)),
+        ours=Case("AsyncLock.acquire(blocking=False) + release", _ours(ours)),
         floor=Case(f"raw EVALSHA {' + '.join(replay.names)}", _floor(replay)),
         round_trips=2,
         peers=[
@@ -62,7 +63,7 @@ async def build(bench: Bench) -> Group:
     )
     context = Comparison(
         name="lock async with (watchdog)",
-        ours=Case("async with AsyncLock (auto-extend watchdog)", _ours_context(client)),
+        ours=Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours)),
         floor=Case(f"raw EVALSHA {' + '.join(replay.names)}", _floor(replay)),
         round_trips=2,
         peers=[

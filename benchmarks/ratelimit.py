@@ -54,9 +54,10 @@ async def build(bench: Bench) -> Group:
     client = bench.client
     storage = await _limits_storage(bench)
     comparisons: list[Comparison] = []
+    ours, ours_book = bench.ours
     for algorithm in ALGORITHMS:
         limiter = AsyncRateLimiter(
-            client, limit=LIMIT, window=WINDOW, algorithm=algorithm, scripts=bench.book
+            ours, limit=LIMIT, window=WINDOW, algorithm=algorithm, scripts=ours_book
         )
 
         def run_with(
