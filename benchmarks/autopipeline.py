@@ -43,6 +43,7 @@ async def build(bench: Bench) -> Group:
             comparisons.append(
                 dataclasses.replace(
                     comparison,
+                    name=f"{comparison.name}, autopipeline",
                     ours=Case(f"{comparison.ours.label}, autopipeline", comparison.ours.make),
                     peers=[
                         Case(f"{pool_case.label}, on the pool", pool_case.make),
