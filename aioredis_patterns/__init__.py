@@ -13,7 +13,7 @@ from ._autopipeline import autopipeline
 from ._backoff import Backoff
 from ._cache import AsyncCache, CacheStats
 from ._codecs import Codec
-from ._connection import connect, connect_cluster, redact_url
+from ._connection import connect, connect_cluster, connect_sentinel, redact_url
 from ._exceptions import (
     AioRedisPatternsError,
     CrossSlotKeys,
@@ -92,6 +92,7 @@ __all__ = [
     "autopipeline",
     "connect",
     "connect_cluster",
+    "connect_sentinel",
     "redact_url",
     "register_error_code",
 ]

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._exceptions import RedisUnavailable
+from ._exceptions import InvalidArgument, RedisUnavailable
 from ._scripts import ScriptBook
-from ._validation import to_seconds
+from ._validation import non_empty_str, positive_int, to_seconds
 
-__all__ = ["connect", "connect_cluster", "redact_url"]
+__all__ = ["connect", "connect_cluster", "connect_sentinel", "redact_url"]
 
 
-class _WaitingPool(ConnectionPool):
+if TYPE_CHECKING:
+    _PoolBase = ConnectionPool
+else:
+    _PoolBase = object
+
+
+class _Waiting(_PoolBase):
     """A connection pool that waits for a free connection instead of raising.
 
     redis-py's own ``BlockingConnectionPool`` does the same behind an
@@ -34,8 +41,8 @@ class _WaitingPool(ConnectionPool):
     caller that finds the pool exhausted waits, for at most *timeout* seconds.
     """
 
-    def __init__(self, *, timeout: float | None = 20.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, timeout: float | None = 20.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.timeout = timeout
         self._permits = asyncio.Semaphore(self.max_connections)
         # Connections that hold a permit; release() returns the permit of these only,
@@ -79,6 +86,26 @@ class _WaitingPool(ConnectionPool):
         if hasattr(self, "_holding"):
             self._holding.clear()
             self._permits = asyncio.Semaphore(self.max_connections)
+
+
+class _WaitingPool(_Waiting, ConnectionPool):
+    """The pool of :func:`connect`."""
+
+
+class _WaitingSentinelPool(_Waiting, SentinelConnectionPool):
+    """The pool of :func:`connect_sentinel`: connections go to the current primary."""
+
+
+class _SentinelClient(Redis):
+    """The client of :func:`connect_sentinel`; closing it closes its Sentinel clients too."""
+
+    _sentinels: Sentinel
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self._sentinels.aclose()
 
 
 def redact_url(url: str) -> str:
@@ -193,6 +220,109 @@ async def connect_cluster(
     return await _checked(client, url, seconds, load_scripts=load_scripts)
 
 
+async def connect_sentinel(
+    sentinels: Sequence[str | tuple[str, int]],
+    service: str,
+    *,
+    db: int = 0,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 5.0,
+    max_connections: int = 64,
+    retries: int = 3,
+    health_check_interval: float = 15.0,
+    load_scripts: bool = True,
+    sentinel_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Redis:
+    """Connect to the primary that Redis Sentinel reports for *service*, and check it answers.
+
+    The same defaults as :func:`connect`, on a pool whose connections ask the
+    Sentinels where the primary is: after a failover, the next connection goes to
+    the promoted replica, and one still open to the old primary is dropped on its
+    first READONLY reply. Commands in flight during a failover fail with
+    ``redis.exceptions.ConnectionError`` once *retries* are spent; the patterns
+    raise their usual errors for it. Closing the client closes the Sentinel
+    clients too.
+
+    Args:
+        sentinels: ``"host:port"`` strings or ``(host, port)`` pairs, one per Sentinel.
+        service: the name the Sentinels monitor the primary under.
+        db, username, password: for the primary (and the replica it fails over to).
+        sentinel_options: connection options for the Sentinels themselves, such as
+            their own ``password``; by default they get the socket timeouts only.
+        **options: passed on to the pool, as for :func:`connect`.
+
+    Raises:
+        InvalidArgument: an address is not ``host:port`` with a port in 1-65535, or
+            *service* is empty.
+        RedisUnavailable: no Sentinel answered, none knows *service*, or the primary
+            did not answer within *timeout*. The message never holds the password.
+    """
+    addresses = _sentinel_addresses(sentinels)
+    non_empty_str(service, "service")
+    if isinstance(db, bool) or not isinstance(db, int) or db < 0:
+        raise InvalidArgument(f"db must be an int >= 0, got {db!r}")
+    seconds = to_seconds(timeout, "timeout")
+    settings = _settings(seconds, max_connections, retries, health_check_interval, options)
+    settings.update(timeout=seconds, db=db, username=username, password=password)
+    sentinel_settings = {
+        "socket_connect_timeout": seconds,
+        "socket_timeout": seconds,
+        **(sentinel_options or {}),
+    }
+    sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
+        service,
+        redis_class=_SentinelClient,
+        connection_pool_class=_WaitingSentinelPool,
+        **settings,
+    )
+    client._sentinels = sentinel
+    nodes = ", ".join(f"{host}:{port}" for host, port in addresses)
+    secrets = [p for p in (password, (sentinel_options or {}).get("password")) if p]
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(str(secret), "***")
+        return text
+
+    return await _answering(
+        client,
+        seconds,
+        load_scripts=load_scripts,
+        where=f"the primary of {service!r} (Sentinels {nodes})",
+        scrub=scrub,
+    )
+
+
+def _sentinel_addresses(sentinels: Sequence[str | tuple[str, int]]) -> list[tuple[str, int]]:
+    """``(host, port)`` pairs from ``"host:port"`` strings or pairs, or InvalidArgument."""
+    if isinstance(sentinels, (str, bytes)) or not sentinels:
+        raise InvalidArgument(
+            f"sentinels must be a non-empty list of 'host:port' or (host, port), got {sentinels!r}"
+        )
+    addresses = []
+    for item in sentinels:
+        if isinstance(item, str):
+            host, _, port_text = item.rpartition(":")
+            port: Any = int(port_text) if port_text.isdigit() else port_text
+        elif isinstance(item, tuple) and len(item) == 2:
+            host, port = item
+        else:
+            raise InvalidArgument(
+                f"a Sentinel address must be 'host:port' or (host, port): {item!r}"
+            )
+        if not isinstance(host, str) or not host.strip("[]"):
+            raise InvalidArgument(f"a Sentinel address needs a host: {item!r}")
+        try:
+            positive_int(port, "port", maximum=65535)
+        except InvalidArgument:
+            raise InvalidArgument(f"a Sentinel port must be an int in 1-65535: {item!r}") from None
+        addresses.append((host.strip("[]"), port))
+    return addresses
+
+
 def _settings(
     seconds: float,
     max_connections: int,
@@ -228,6 +358,23 @@ _ClientT = TypeVar("_ClientT", Redis, RedisCluster)
 
 async def _checked(client: _ClientT, url: str, seconds: float, *, load_scripts: bool) -> _ClientT:
     """PING *client* (every primary, on a cluster) and load the scripts, within *seconds*."""
+    return await _answering(
+        client,
+        seconds,
+        load_scripts=load_scripts,
+        where=f"Redis at {_describe(url)}",
+        scrub=lambda text: _scrub(text, url),
+    )
+
+
+async def _answering(
+    client: _ClientT,
+    seconds: float,
+    *,
+    load_scripts: bool,
+    where: str,
+    scrub: Callable[[str], str],
+) -> _ClientT:
     try:
         with anyio.fail_after(seconds):
             if isinstance(client, RedisCluster):
@@ -240,6 +387,6 @@ async def _checked(client: _ClientT, url: str, seconds: float, *, load_scripts: 
     except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         with anyio.CancelScope(shield=True):
             await client.aclose()
-        reason = _scrub(str(exc), url) or type(exc).__name__
-        raise RedisUnavailable(f"Redis at {_describe(url)} is unavailable: {reason}") from exc
+        reason = scrub(str(exc)) or type(exc).__name__
+        raise RedisUnavailable(f"{where} is unavailable: {reason}") from exc
     return client

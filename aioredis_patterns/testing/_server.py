@@ -127,20 +127,8 @@ class RedisServer:
             return self
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="aioredis-patterns-")
-        command = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", self._dir.name,
-            "--logfile", "redis.log",
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--protected-mode", "no",
-            *self.args,
-        ]  # fmt: skip
         self._process = subprocess.Popen(
-            command,
+            self._command(Path(self._dir.name)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -159,6 +147,21 @@ class RedisServer:
         raise RedisServerError(
             f"redis-server on port {self.port} did not start: {self._log_tail()}"
         )
+
+    def _command(self, directory: Path) -> list[str]:
+        """The ``redis-server`` command line; the server runs in *directory*."""
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--logfile", "redis.log",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            *self.args,
+        ]  # fmt: skip
 
     def _log_tail(self) -> str:
         log = self.logfile

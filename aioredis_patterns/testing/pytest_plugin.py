@@ -30,6 +30,7 @@ import pytest_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from ._cluster import RedisClusterServer
+from ._sentinel import RedisSentinelServer
 from ._server import RedisServer
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "redis_cluster",
     "redis_cluster_url",
     "redis_server",
+    "redis_sentinel_server",
     "redis_server_factory",
     "redis_url",
     "topology",
@@ -148,6 +150,18 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
 def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
     """A server of this test's own, for fault tests (``kill()``, ``restart()``)."""
     return redis_server_factory()
+
+
+@pytest.fixture
+def redis_sentinel_server() -> Iterator[RedisSentinelServer]:
+    """A primary, a replica and three Sentinels of this test's own (kill the primary to fail over)."""
+    if not RedisSentinelServer.available():
+        pytest.fail(
+            "this test needs the redis-server binary on PATH to start Sentinels",
+            pytrace=False,
+        )
+    with RedisSentinelServer() as group:
+        yield group
 
 
 @pytest_asyncio.fixture

@@ -1,0 +1,140 @@
+"""connect_sentinel(): the primary Sentinel reports, followed through a failover."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aioredis_patterns import (
+    AsyncLock,
+    AsyncRateLimiter,
+    AtomicOps,
+    InvalidArgument,
+    RedisUnavailable,
+    connect_sentinel,
+)
+from aioredis_patterns.testing import RedisSentinelServer, free_port
+
+
+async def serving_port(client: Redis) -> int:
+    """The TCP port of the server that answers *client* (INFO server)."""
+    return int((await client.info("server"))["tcp_port"])
+
+
+async def until_it_answers(call: Any, seconds: float) -> tuple[Any, float]:
+    """Retry *call* on connection errors until it answers; its result and the time taken."""
+    started = time.monotonic()
+    with anyio.fail_after(seconds):
+        while True:
+            try:
+                return await call(), time.monotonic() - started
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await anyio.sleep(0.05)
+
+
+class TestConnect:
+    async def test_talks_to_the_primary_and_runs_the_patterns(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """The client reaches the primary (not the replica); lock, limiter and atomic ops work."""
+        group = redis_sentinel_server
+        client = await connect_sentinel(
+            [f"127.0.0.1:{s.port}" for s in group.sentinels], group.service
+        )
+        try:
+            assert await serving_port(client) == group.primary.port
+            assert (await client.info("replication"))["role"] == "master"
+            async with AsyncLock(client, "job", ttl=5):
+                assert await client.exists("lock:job") == 1
+            limiter = AsyncRateLimiter(client, limit=2, window=60)
+            assert [(await limiter.allow("u")).allowed for _ in range(3)] == [True, True, False]
+            assert await AtomicOps(client).increment_with_limit("n", 3, 10) == 3
+        finally:
+            await client.aclose()
+
+    async def test_follows_a_failover_to_the_promoted_replica(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """With the primary killed, commands reach the promoted replica; data and scripts hold."""
+        group = redis_sentinel_server
+        client = await connect_sentinel(group.addresses, group.service, timeout=1.0, retries=1)
+        try:
+            ops = AtomicOps(client)
+            assert await ops.increment_with_limit("quota", 4, 10) == 4
+            assert await client.wait(1, 1000) == 1  # the replica has it before the crash
+            group.primary.kill()
+
+            value, took = await until_it_answers(
+                lambda: ops.increment_with_limit("quota", 1, 10), seconds=20
+            )
+            assert value == 5
+            assert await serving_port(client) == group.replica.port
+            assert (await client.info("replication"))["role"] == "master"
+            assert took < 15
+        finally:
+            await client.aclose()
+
+    async def test_closing_the_client_closes_its_sentinel_connections(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """After aclose(), the Sentinels count no more clients than before connecting."""
+        group = redis_sentinel_server
+
+        async def clients_on_sentinels() -> int:
+            total = 0
+            for host, port in group.addresses:
+                async with Redis(host=host, port=port) as probe:
+                    total += len(await probe.client_list()) - 1  # not the probe itself
+            return total
+
+        before = await clients_on_sentinels()
+        client = await connect_sentinel(group.addresses, group.service)
+        assert await clients_on_sentinels() > before
+        await client.aclose()
+        with anyio.fail_after(5):
+            while True:
+                if await clients_on_sentinels() <= before:
+                    break
+                await anyio.sleep(0.05)
+
+
+class TestFailures:
+    async def test_no_sentinel_answering_raises_redis_unavailable(self) -> None:
+        """Sentinels that do not answer give RedisUnavailable within the timeout, no password."""
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable) as info:
+            await connect_sentinel(
+                [("127.0.0.1", free_port())], "mymaster", password="hunter22", timeout=1.0
+            )
+        assert time.monotonic() - started < 5
+        assert "mymaster" in str(info.value)
+        assert "hunter22" not in str(info.value)
+
+    async def test_unknown_service_raises_redis_unavailable(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """A service no Sentinel monitors gives RedisUnavailable naming it."""
+        with pytest.raises(RedisUnavailable, match="no-such-service"):
+            await connect_sentinel(redis_sentinel_server.addresses, "no-such-service", timeout=1.0)
+
+    @pytest.mark.parametrize(
+        "sentinels",
+        [[], "127.0.0.1:26379", ["127.0.0.1"], ["host:0"], [("h", 70000)], [("h", "1")], [42]],
+    )
+    async def test_bad_addresses_are_refused_before_any_io(self, sentinels: Any) -> None:
+        """An empty list, a bare string, a missing or out-of-range port: InvalidArgument."""
+        with pytest.raises(InvalidArgument):
+            await connect_sentinel(sentinels, "mymaster")
+
+    async def test_bad_service_and_db_are_refused(self) -> None:
+        """An empty service name or a negative db: InvalidArgument before any I/O."""
+        with pytest.raises(InvalidArgument):
+            await connect_sentinel(["127.0.0.1:26379"], "")
+        with pytest.raises(InvalidArgument):
+            await connect_sentinel(["127.0.0.1:26379"], "mymaster", db=-1)
