@@ -362,10 +362,11 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
             "",
             "The lasting state of one key is cloned on the server (COPY keeps type and TTL) "
             "to fill the keyspace; each call then addresses a key drawn at random from the "
-            "whole keyspace (each concurrent task from its own share of it). Each size gets "
-            f"{max(meta['duration'] / 2, 0.2):g} s per mode, in up to 3 alternating rounds "
-            "(best kept), after the fill: the two sizes cannot be interleaved, so this "
-            "table is noisier than the ones above.",
+            "whole keyspace (each concurrent task from its own share of it). Both keyspaces "
+            "exist at once, in db 0 and db 1, and SWAPDB moves the one to measure into db 0 "
+            f"between rounds: each size gets {max(meta['duration'] / 2, 0.2):g} s per mode "
+            "over up to 5 interleaved rounds. ops/s are the best round; the ratio is the "
+            "median of per-round ratios, as above.",
             "",
             *_table(
                 [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,21 +20,22 @@ class ScalingResult:
     name: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    paired: dict[str, list[float]] = field(default_factory=dict)
+    """Per round, ops/s with the large keyspace over ops/s with the small one, by mode."""
 
-    def ratio(self, column: str) -> float | None:
-        """ops/s at the largest keyspace over ops/s at the smallest."""
-        values = [row.get(column) for row in self.rows]
-        if len(values) < 2 or not values[0] or not values[-1]:
-            return None
-        return float(values[-1]) / float(values[0])
+    def ratio(self, mode: str) -> float | None:
+        """The median per-round ratio of the large keyspace to the small one."""
+        ratios = self.paired.get(mode)
+        return statistics.median(ratios) if ratios else None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "name": self.name,
             "rows": self.rows,
-            "serial_ratio_large_to_small": _r(self.ratio("serial_ops_per_s")),
-            "concurrent_ratio_large_to_small": _r(self.ratio("concurrent_ops_per_s")),
+            "serial_ratio_large_to_small": _r(self.ratio("serial")),
+            "concurrent_ratio_large_to_small": _r(self.ratio("concurrent")),
+            "paired_ratios": {mode: [_r(x) for x in xs] for mode, xs in self.paired.items()},
             "error": self.error,
         }
 
@@ -70,43 +72,74 @@ def _ops(case: ScalingCase, size: int, tasks: int) -> list[Op]:
     return ops
 
 
+async def _fill(bench: Bench, case: ScalingCase, size: int) -> dict[str, Any]:
+    """Build *size* copies of the case's per-key state in db 0; the row's facts."""
+    await case.prepare(TEMPLATE)
+    started = time.perf_counter()
+    created, note = await fill_keyspace(bench.client, size)
+    fill_seconds = time.perf_counter() - started
+    memory = await bench.client.info("memory")
+    return {
+        "keys": size,
+        "redis_keys": created,
+        "dbsize": await bench.client.dbsize(),
+        "used_memory_mb": round(int(memory["used_memory"]) / 2**20, 1),
+        "fill_seconds": round(fill_seconds, 2),
+        "note": note,
+    }
+
+
 async def run_scaling(bench: Bench, group: str, case: ScalingCase) -> ScalingResult:
-    """Measure *case* serially and at ``bench.tasks`` with each keyspace size."""
+    """Measure *case* serially and at ``bench.tasks`` with each keyspace size.
+
+    Both keyspaces exist at once, in db 0 and db 1 of the benchmark's own server,
+    and SWAPDB (constant time) moves the one to measure into db 0, where the
+    client works. So the sizes alternate round by round, and the ratio is the
+    median of per-round ratios, as for every other comparison.
+    """
     result = ScalingResult(group, case.name)
-    rounds = min(bench.rounds, 3)
+    rounds = min(bench.rounds, 5)
     seconds = max(bench.duration / 2, 0.2) / rounds
+    small, large = SIZES
     try:
-        for size in SIZES:
-            await bench.client.flushall()
-            await case.prepare(TEMPLATE)
-            started = time.perf_counter()
-            created, note = await fill_keyspace(bench.client, size)
-            fill_seconds = time.perf_counter() - started
-            serial_ops, concurrent_ops = _ops(case, size, 1), _ops(case, size, bench.tasks)
-            serial = concurrent = 0.0
-            for round_no in range(rounds):  # alternate, keep the best round of each
+        await bench.client.flushall()
+        rows = {small: await _fill(bench, case, small)}
+        await bench.client.swapdb(0, 1)  # the small keyspace waits in db 1
+        rows[large] = await _fill(bench, case, large)
+        in_db0 = large
+        ops = {size: (_ops(case, size, 1), _ops(case, size, bench.tasks)) for size in SIZES}
+        rates: dict[tuple[int, str], list[float]] = {}
+        for round_no in range(rounds):
+            order = SIZES if round_no % 2 == 0 else SIZES[::-1]
+            for size in order:
+                if size != in_db0:
+                    await bench.client.swapdb(0, 1)
+                    in_db0 = size
                 warmup = 0.1 if round_no == 0 else 0.0
-                serial = max(serial, await measure(bench, serial_ops, seconds, warmup=warmup))
-                concurrent = max(
-                    concurrent, await measure(bench, concurrent_ops, seconds, warmup=warmup)
-                )
-            memory = await bench.client.info("memory")
-            result.rows.append(
-                {
-                    "keys": size,
-                    "redis_keys": created,
-                    "dbsize": await bench.client.dbsize(),
-                    "used_memory_mb": round(int(memory["used_memory"]) / 2**20, 1),
-                    "fill_seconds": round(fill_seconds, 2),
-                    "note": note,
-                    "serial_ops_per_s": round(serial, 1),
-                    "concurrent_ops_per_s": round(concurrent, 1),
-                }
-            )
+                for mode, mode_ops in zip(("serial", "concurrent"), ops[size], strict=True):
+                    rate = await measure(bench, mode_ops, seconds, warmup=warmup)
+                    rates.setdefault((size, mode), []).append(rate)
+        for mode in ("serial", "concurrent"):
+            result.paired[mode] = [
+                big / little
+                for big, little in zip(rates[large, mode], rates[small, mode], strict=True)
+                if little
+            ]
+        for size in SIZES:
+            row = rows[size]
+            row["serial_ops_per_s"] = round(max(rates[size, "serial"]), 1)
+            row["concurrent_ops_per_s"] = round(max(rates[size, "concurrent"]), 1)
+            result.rows.append(row)
             print(
-                f"  {case.name:<44} {size:>9,} keys  {serial:>9,.0f}/s serial  "
-                f"{concurrent:>9,.0f}/s at {bench.tasks}  (filled in {fill_seconds:.1f} s)"
+                f"  {case.name:<44} {size:>9,} keys  {row['serial_ops_per_s']:>9,.0f}/s serial  "
+                f"{row['concurrent_ops_per_s']:>9,.0f}/s at {bench.tasks}  "
+                f"(filled in {row['fill_seconds']:.1f} s)"
             )
+        serial, concurrent = _r(result.ratio("serial")), _r(result.ratio("concurrent"))
+        print(
+            f"  {case.name:<44} 1M/1k, median of {rounds} paired rounds: "
+            f"{serial} serial, {concurrent} at {bench.tasks}"
+        )
     except Exception as exc:  # reported, so one broken case does not end the run
         result.error = f"{type(exc).__name__}: {exc}"
         print(f"  ! {case.name}: {result.error}")
