@@ -38,8 +38,8 @@ __all__ = [
     "redis",
     "redis_cluster",
     "redis_cluster_url",
-    "redis_server",
     "redis_sentinel_server",
+    "redis_server",
     "redis_server_factory",
     "redis_url",
     "topology",
@@ -154,7 +154,7 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
 
 @pytest.fixture
 def redis_sentinel_server() -> Iterator[RedisSentinelServer]:
-    """A primary, a replica and three Sentinels of this test's own (kill the primary to fail over)."""
+    """A primary, a replica and three Sentinels of the test's own; kill the primary to fail over."""
     if not RedisSentinelServer.available():
         pytest.fail(
             "this test needs the redis-server binary on PATH to start Sentinels",
