@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aioredis_patterns import (
     AsyncLock,
@@ -22,7 +23,7 @@ from aioredis_patterns import (
     autopipeline,
     connect,
 )
-from aioredis_patterns.testing import RedisServer
+from aioredis_patterns.testing import FaultProxy, RedisServer
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -188,6 +189,28 @@ class TestFaults:
                     assert await gather(*(piped.set("k", i) for i in range(20))) == [True] * 20
         finally:
             await client.aclose()
+
+    async def test_black_holed_link_times_out_each_caller_then_heals(
+        self, redis_server: RedisServer
+    ) -> None:
+        """With the link black-holed, batched callers time out within 2 s; restored, they answer."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = await connect(proxy.url, timeout=0.3, retries=0)
+            try:
+                async with autopipeline(client) as piped:
+                    await piped.set("k", "v")
+                    proxy.blackhole()
+                    started = time.monotonic()
+                    failed = await gather(*(piped.get("k") for _ in range(20)))
+                    assert time.monotonic() - started < 2
+                    assert all(
+                        isinstance(r, (RedisTimeoutError, RedisConnectionError)) for r in failed
+                    ), failed
+                    proxy.restore()
+                    with anyio.fail_after(5):
+                        assert await gather(*(piped.get("k") for _ in range(20))) == [b"v"] * 20
+            finally:
+                await client.aclose()
 
     async def test_exit_answers_queued_commands_then_runs_directly(self, redis: Redis) -> None:
         """Commands still queued when the block exits are answered; later ones run directly."""

@@ -25,7 +25,7 @@ from aioredis_patterns import (
     SerializationError,
     connect,
 )
-from aioredis_patterns.testing import RedisServer
+from aioredis_patterns.testing import FaultProxy, RedisServer
 from tests.conftest import command_calls
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
@@ -891,6 +891,29 @@ class TestFailOpen:
             assert await client.get("fo:k") == b'"v12"'
         finally:
             await client.aclose()
+
+    async def test_black_holed_link_serves_loader_values_within_the_timeout(
+        self, redis_server: RedisServer
+    ):
+        """A partition (no reply, no error) costs one timeout, then loads go straight through."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = await connect(proxy.url, timeout=0.3, retries=0)
+            try:
+                cache = AsyncCache(client, namespace="bh:", ttl=60, outage_backoff=5)
+                loader = Loader(lambda n: f"v{n}")
+                assert await cache.get_or_load("k", loader) == "v1"
+                proxy.blackhole()
+                durations = []
+                for i in range(10):
+                    started = time.perf_counter()
+                    with anyio.fail_after(2):
+                        assert await cache.get_or_load("k", loader) == f"v{i + 2}"
+                    durations.append(time.perf_counter() - started)
+                assert durations[0] < 1.0  # one socket timeout, not a hang
+                assert sum(durations[1:]) < 0.5  # the outage backoff skips Redis
+                assert cache.stats.redis_errors >= 1
+            finally:
+                await client.aclose()
 
     async def test_fail_open_false_raises_redis_unavailable(self, redis_server: RedisServer):
         """fail_open=False: an unreachable Redis raises RedisUnavailable; no loader call."""

@@ -25,9 +25,10 @@ from aioredis_patterns import (
     LockNotAcquired,
     NotAnInteger,
     ScriptBook,
+    connect,
 )
 from aioredis_patterns._lock import _waiting
-from aioredis_patterns.testing import RedisServer
+from aioredis_patterns.testing import FaultProxy, RedisServer
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
 GO_LOCK = """
@@ -401,6 +402,54 @@ class TestWatchdog:
         assert still_ours_at_loss is True  # no round trip decided it: the clock did
         assert lock.stats.extensions == 0
         assert await redis.exists(lock.key) == 0  # released on the way out
+
+    async def test_a_partitioned_holder_stops_before_anyone_else_gets_the_lock(
+        self, redis_server: RedisServer
+    ):
+        """Black-holed from Redis, the holder is cancelled (LockLost) before a contender gets in."""
+        events: dict[str, float] = {}
+        with FaultProxy(redis_server.port) as proxy:
+            holder_client = await connect(proxy.url, timeout=0.2, retries=0)
+            direct = await connect(redis_server.url)
+            lock = AsyncLock(holder_client, "job", ttl=1.0)
+            contender = AsyncLock(direct, "job", ttl=1.0, blocking=False)
+            partitioned = anyio.Event()
+
+            async def hold() -> None:
+                try:
+                    async with lock:
+                        proxy.blackhole()
+                        events["partitioned"] = time.monotonic()
+                        partitioned.set()
+                        try:
+                            await anyio.sleep(10)
+                        except CANCELLED:
+                            events["holder cancelled"] = time.monotonic()
+                            raise
+                except LockLost:
+                    events["lost"] = time.monotonic()
+
+            async def contend() -> None:
+                await partitioned.wait()
+                while True:  # poll the server directly, as another service would
+                    if await contender.acquire():
+                        break
+                    await anyio.sleep(0.01)
+                events["contender acquired"] = time.monotonic()
+                await contender.release()
+
+            try:
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(hold)
+                        tg.start_soon(contend)
+            finally:
+                await holder_client.aclose()
+                await direct.aclose()
+        # The body stops first; LockLost itself comes after the bounded release attempt.
+        assert events["holder cancelled"] < events["contender acquired"]
+        assert "lost" in events
+        assert events["contender acquired"] - events["partitioned"] < 2.0  # the key expired
 
     async def test_transient_extend_errors_are_retried_while_the_lock_is_valid(self, redis: Redis):
         """Two failed extends in a row are retried; the lock is kept and nobody else gets in."""

@@ -11,8 +11,10 @@ import time
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aioredis_patterns.testing import RedisClusterServer, RedisServer
+from aioredis_patterns.testing import FaultProxy, RedisClusterServer, RedisServer
 from aioredis_patterns.testing.pytest_plugin import (
     HOW_TO_PROVIDE_REDIS,
     docker_unavailable_reason,
@@ -99,6 +101,43 @@ class TestRedisServer:
         with pytest.raises(RuntimeError, match="did not start"):
             server.start()
         server.close()
+
+
+class TestFaultProxy:
+    async def test_forwards_and_adds_latency(self, redis_server: RedisServer) -> None:
+        """Commands pass through unchanged; with latency 0.1 s a round trip takes at least 0.2 s."""
+        with FaultProxy(redis_server.port) as proxy:
+            async with Redis.from_url(proxy.url) as client:
+                assert await client.set("k", "v") is True
+                assert await client.get("k") == b"v"
+                proxy.latency = 0.1
+                started = time.monotonic()
+                assert await client.get("k") == b"v"
+                assert time.monotonic() - started >= 0.2
+                assert proxy.connections == 1
+
+    async def test_blackhole_times_out_and_restore_heals(self, redis_server: RedisServer) -> None:
+        """Black-holed, a command times out (no error reply); restored, a new connection works."""
+        with FaultProxy(redis_server.port) as proxy:
+            async with Redis.from_url(proxy.url, socket_timeout=0.3) as client:
+                await client.ping()
+                proxy.blackhole()
+                started = time.monotonic()
+                with pytest.raises(RedisTimeoutError):
+                    await client.get("k")
+                assert 0.25 <= time.monotonic() - started < 2
+                proxy.restore()
+                assert await client.set("k", "v") is True  # redis-py reconnected
+
+    async def test_cut_resets_open_connections_only(self, redis_server: RedisServer) -> None:
+        """cut() ends the open connection (the next read fails); the one after is accepted."""
+        with FaultProxy(redis_server.port) as proxy:
+            async with Redis.from_url(proxy.url, retry_on_error=[]) as client:
+                await client.ping()
+                proxy.cut()
+                with pytest.raises(RedisConnectionError):
+                    await client.ping()
+                assert await client.ping() is True
 
 
 class TestCluster:
