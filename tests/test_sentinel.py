@@ -13,9 +13,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aioredis_patterns import (
     AsyncLock,
+    AsyncPubSub,
     AsyncRateLimiter,
     AtomicOps,
+    Gap,
     InvalidArgument,
+    Message,
     RedisUnavailable,
     connect_sentinel,
 )
@@ -79,6 +82,42 @@ class TestConnect:
             assert took < 15
         finally:
             await client.aclose()
+
+    async def test_pubsub_resubscribes_on_the_promoted_replica(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """AsyncPubSub on a Sentinel client moves to the new primary, reports a Gap, delivers."""
+        group = redis_sentinel_server
+        client = await connect_sentinel(
+            group.addresses, group.service, timeout=1.0, retries=1, load_scripts=False
+        )
+        got: list[Message] = []
+        gaps: list[Gap] = []
+
+        async def handler(message: Message) -> None:
+            got.append(message)
+
+        async def until(condition: Any, seconds: float) -> None:
+            with anyio.fail_after(seconds):
+                while True:
+                    if condition():
+                        return
+                    await anyio.sleep(0.05)
+
+        try:
+            async with AsyncPubSub(client, on_gap=gaps.append) as ps:
+                await ps.subscribe("news", handler=handler)
+                await ps.publish("news", "before")
+                await until(lambda: len(got) == 1, 5)
+                group.primary.kill()
+                await until(lambda: ps.connected and len(gaps) == 1, 20)
+                assert await serving_port(client) == group.replica.port
+                await until_it_answers(lambda: ps.publish("news", "after"), 10)
+                await until(lambda: len(got) == 2, 5)
+        finally:
+            await client.aclose()
+        assert [m.data for m in got] == [b"before", b"after"]
+        assert "connect" in gaps[0].reason.lower()
 
     async def test_closing_the_client_closes_its_sentinel_connections(
         self, redis_sentinel_server: RedisSentinelServer
