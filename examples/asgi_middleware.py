@@ -120,20 +120,23 @@ async def main() -> None:
     client = await aioredis_patterns.connect(
         os.environ.get("REDIS_URL", "redis://localhost:6379/0")
     )
-    limiter = AsyncRateLimiter(client, limit=3, window=10.0, prefix="example:asgi:")
-    app = RateLimitMiddleware(hello, limiter)
-    try:
-        for i in range(4):
-            status, headers = await request(app, "203.0.113.7")
-            print(f"request {i + 1} from 203.0.113.7: {status}")
-            for name, value in headers.items():
-                print(f"    {name}: {value}")
-        status, _ = await request(app, "198.51.100.2")
-        print(f"another client meanwhile: {status}")
-    finally:
-        await limiter.reset("203.0.113.7")
-        await limiter.reset("198.51.100.2")
-        await client.aclose()
+    # In a real app this block is the lifespan: many requests run at once, and
+    # autopipeline() lets their rate-limit checks share round trips.
+    async with aioredis_patterns.autopipeline(client) as redis:
+        limiter = AsyncRateLimiter(redis, limit=3, window=10.0, prefix="example:asgi:")
+        app = RateLimitMiddleware(hello, limiter)
+        try:
+            for i in range(4):
+                status, headers = await request(app, "203.0.113.7")
+                print(f"request {i + 1} from 203.0.113.7: {status}")
+                for name, value in headers.items():
+                    print(f"    {name}: {value}")
+            status, _ = await request(app, "198.51.100.2")
+            print(f"another client meanwhile: {status}")
+        finally:
+            await limiter.reset("203.0.113.7")
+            await limiter.reset("198.51.100.2")
+    await client.aclose()
 
 
 if __name__ == "__main__":
