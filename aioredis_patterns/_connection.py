@@ -269,6 +269,12 @@ async def connect_sentinel(
     sentinel_settings = {
         "socket_connect_timeout": seconds,
         "socket_timeout": seconds,
+        # Each new pooled connection first asks a Sentinel where the primary is, so a
+        # burst of new connections is a burst of Sentinel queries: the Sentinel
+        # clients get a pool as large as the primary's. Left at redis-py's default,
+        # a burst of 128 new connections left 100 sockets to the Sentinels open
+        # after aclose() (tests/test_sentinel.py).
+        "max_connections": max_connections,
         **(sentinel_options or {}),
     }
     sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]

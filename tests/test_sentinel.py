@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -28,6 +29,24 @@ from aioredis_patterns.testing import RedisSentinelServer, free_port
 async def serving_port(client: Redis) -> int:
     """The TCP port of the server that answers *client* (INFO server)."""
     return int((await client.info("server"))["tcp_port"])
+
+
+async def clients_on_sentinels(group: RedisSentinelServer) -> int:
+    """Client connections the Sentinels count, not counting the probes asking."""
+    total = 0
+    for host, port in group.addresses:
+        async with Redis(host=host, port=port) as probe:
+            total += len(await probe.client_list()) - 1
+    return total
+
+
+async def back_to(group: RedisSentinelServer, count: int, seconds: float = 5) -> None:
+    """Wait until the Sentinels count at most *count* clients; fail after *seconds*."""
+    with anyio.fail_after(seconds):
+        while True:
+            if await clients_on_sentinels(group) <= count:
+                return
+            await anyio.sleep(0.05)
 
 
 async def until_it_answers(call: Any, seconds: float) -> tuple[Any, float]:
@@ -60,6 +79,20 @@ class TestConnect:
             assert await AtomicOps(client).increment_with_limit("n", 3, 10) == 3
         finally:
             await client.aclose()
+
+    async def test_a_burst_of_new_connections_leaves_no_socket_behind(
+        self, redis_sentinel_server: RedisSentinelServer
+    ) -> None:
+        """200 concurrent first commands (a Sentinel query each) answer; aclose() frees them all."""
+        group = redis_sentinel_server
+        before = await clients_on_sentinels(group)
+        client = await connect_sentinel(group.addresses, group.service, max_connections=200)
+        try:
+            replies = await asyncio.gather(*(client.incr("n") for _ in range(200)))
+        finally:
+            await client.aclose()
+        assert sorted(replies) == list(range(1, 201))
+        await back_to(group, before)
 
     async def test_follows_a_failover_to_the_promoted_replica(
         self, redis_sentinel_server: RedisSentinelServer
@@ -124,23 +157,11 @@ class TestConnect:
     ) -> None:
         """After aclose(), the Sentinels count no more clients than before connecting."""
         group = redis_sentinel_server
-
-        async def clients_on_sentinels() -> int:
-            total = 0
-            for host, port in group.addresses:
-                async with Redis(host=host, port=port) as probe:
-                    total += len(await probe.client_list()) - 1  # not the probe itself
-            return total
-
-        before = await clients_on_sentinels()
+        before = await clients_on_sentinels(group)
         client = await connect_sentinel(group.addresses, group.service)
-        assert await clients_on_sentinels() > before
+        assert await clients_on_sentinels(group) > before
         await client.aclose()
-        with anyio.fail_after(5):
-            while True:
-                if await clients_on_sentinels() <= before:
-                    break
-                await anyio.sleep(0.05)
+        await back_to(group, before)
 
 
 class TestFailures:

@@ -38,6 +38,8 @@ __all__ = [
     "redis",
     "redis_cluster",
     "redis_cluster_url",
+    "redis_sentinel",
+    "redis_sentinel_group",
     "redis_sentinel_server",
     "redis_server",
     "redis_server_factory",
@@ -207,12 +209,46 @@ async def redis_cluster(redis_cluster_url: str) -> AsyncIterator[RedisCluster]:
         await client.aclose()
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(scope="session")
+def redis_sentinel_group() -> Iterator[RedisSentinelServer]:
+    """A primary, a replica and three Sentinels shared by the session (never failed over)."""
+    if not RedisSentinelServer.available():
+        pytest.fail(
+            "Sentinel tests need the redis-server binary on PATH to start Sentinels",
+            pytrace=False,
+        )
+    with RedisSentinelServer() as group:
+        yield group
+
+
+@pytest_asyncio.fixture
+async def redis_sentinel(redis_sentinel_group: RedisSentinelServer) -> AsyncIterator[Redis]:
+    """``connect_sentinel()``'s client on the session's Sentinel-managed primary, flushed."""
+    # The toolkit's client, not a bare redis-py one: redis-py's Sentinel pool has no
+    # bound that waits, and a burst of hundreds of first connections left sockets to
+    # the garbage collector in our runs.
+    from .._connection import connect_sentinel
+
+    client = await connect_sentinel(
+        redis_sentinel_group.addresses,
+        redis_sentinel_group.service,
+        max_connections=128,
+        load_scripts=False,
+    )
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+_TOPOLOGIES = {"single": "redis", "cluster": "redis_cluster", "sentinel": "redis_sentinel"}
+
+
+@pytest.fixture(params=list(_TOPOLOGIES))
 def topology(request: pytest.FixtureRequest) -> Redis | RedisCluster:
-    """The same test on a single server and on a Redis Cluster: a flushed client of each."""
+    """The same test on a single server, a Redis Cluster and a Sentinel-managed primary."""
     # A plain fixture: pytest-asyncio cannot set up an async fixture requested from a
     # running event loop, and it runs the async ones it is given here on the test's loop.
-    client: Redis | RedisCluster = request.getfixturevalue(
-        "redis" if request.param == "single" else "redis_cluster"
-    )
+    client: Redis | RedisCluster = request.getfixturevalue(_TOPOLOGIES[request.param])
     return client
