@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -51,26 +53,38 @@ def _runs_directly(name: Any) -> bool:
     return str(name).split(" ", 1)[0].upper() in _DIRECT
 
 
-class _AutoPipelined(Redis):
-    """A client on the same pool whose concurrent commands share pipelines."""
+class _Batches:
+    """The queue of one autopipelined client and the tasks that send it in batches.
 
-    def __init__(self, client: Redis, *, concurrency: int, max_batch: int) -> None:
-        super().__init__(connection_pool=client.connection_pool)
-        self.response_callbacks = client.response_callbacks
+    *direct* runs one command the ordinary way; *pipeline* makes an empty
+    non-transactional pipeline on the wrapped client.
+    """
+
+    def __init__(
+        self,
+        direct: Callable[..., Awaitable[Any]],
+        pipeline: Callable[[], Any],
+        *,
+        concurrency: int,
+        max_batch: int,
+    ) -> None:
+        self._direct_call = direct
+        self._pipeline = pipeline
         self._concurrency = concurrency
         self._max_batch = max_batch
-        self._group: TaskGroup | None = None
+        self.group: TaskGroup | None = None
         self._queued: list[_Call] = []
         self._direct = 0  # commands running directly right now
         self._batches = 0  # batch tasks started and not yet finished
         self._starting = False  # a batch task was started and has not taken the queue yet
 
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        group = self._group
+    async def run(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """Run one command: directly when alone (or blocking), else in the next batch."""
+        group = self.group
         if group is None or (self._direct == 0 and self._batches == 0) or _runs_directly(args[0]):
             self._direct += 1
             try:
-                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+                return await self._direct_call(*args, **options)
             finally:
                 self._direct -= 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -101,9 +115,9 @@ class _AutoPipelined(Redis):
             self._batches -= 1
 
     async def _send(self, batch: list[_Call]) -> None:
-        pipe: Pipeline = self.pipeline(transaction=False)
+        pipe = self._pipeline()
         for args, options, _ in batch:
-            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*args, **options)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
@@ -119,6 +133,58 @@ class _AutoPipelined(Redis):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+class _AutoPipelined(Redis):
+    """A client on the same pool whose concurrent commands share pipelines."""
+
+    def __init__(self, client: Redis, *, concurrency: int, max_batch: int) -> None:
+        super().__init__(connection_pool=client.connection_pool)
+        self.response_callbacks = client.response_callbacks
+        self.batches = _Batches(
+            partial(Redis.execute_command, self),
+            partial(self.pipeline, transaction=False),
+            concurrency=concurrency,
+            max_batch=max_batch,
+        )
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return await self.batches.run(args, options)
+
+
+class _AutoPipelinedCluster(RedisCluster):
+    """A view of a cluster client whose concurrent commands share cluster pipelines.
+
+    It keeps no cluster state of its own: every attribute it does not define is
+    read from the wrapped client, so both see the same slot map, nodes and pools.
+    A batch is sent as one ``ClusterPipeline`` of the wrapped client, which splits
+    it by node and follows MOVED and ASK replies.
+    """
+
+    def __init__(self, client: RedisCluster, *, concurrency: int, max_batch: int) -> None:
+        # RedisCluster.__init__ is not called: this object borrows the client's state.
+        self._wrapped = client
+        self.batches = _Batches(
+            client.execute_command,
+            client.pipeline,
+            concurrency=concurrency,
+            max_batch=max_batch,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.batches.run(args, kwargs)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the wrapped client owns the connections."""
+
+    def __del__(self, *args: Any) -> None:
+        """The wrapped client, not this view, warns if it is left unclosed."""
+
+    def __repr__(self) -> str:
+        return f"<autopipelined {self._wrapped!r}>"
 
 
 def _closed() -> RedisConnectionError:
@@ -138,10 +204,22 @@ def _fail(batch: list[_Call], exc: BaseException) -> None:
             first = False
 
 
+@overload
 def autopipeline(
-    client: Redis, *, concurrency: int = 4, max_batch: int = 512
-) -> AbstractAsyncContextManager[Redis]:
-    """A client on *client*'s pool that sends concurrent commands in shared pipelines.
+    client: Redis, *, concurrency: int = ..., max_batch: int = ...
+) -> AbstractAsyncContextManager[Redis]: ...
+
+
+@overload
+def autopipeline(
+    client: RedisCluster, *, concurrency: int = ..., max_batch: int = ...
+) -> AbstractAsyncContextManager[RedisCluster]: ...
+
+
+def autopipeline(
+    client: Redis | RedisCluster, *, concurrency: int = 4, max_batch: int = 512
+) -> AbstractAsyncContextManager[Redis] | AbstractAsyncContextManager[RedisCluster]:
+    """A client on *client*'s connections that sends concurrent commands in shared pipelines.
 
     Use it where many tasks share one client, such as a web service::
 
@@ -150,11 +228,12 @@ def autopipeline(
 
     Every pattern works on the client it yields, unchanged. A command issued while
     another command of this client is in flight is queued, and the queue goes out
-    as one non-transactional pipeline: one write, one connection, one reply per
+    as one non-transactional pipeline: one write per connection, one reply per
     caller, each with its own error. A command alone runs directly, so serial use
     costs nothing extra. Blocking commands (BLPOP, XREADGROUP, WAIT, ...) and
     commands that hold state on one connection (MULTI, WATCH, SELECT, ...) always
-    run directly, as do ``pipeline()`` and ``pubsub()``.
+    run directly, as do ``pipeline()`` and ``pubsub()``. On a cluster client a batch
+    is a cluster pipeline: split by node, with MOVED and ASK followed.
 
     Commands from different tasks keep the order they were issued in; a task that
     awaits each command sees them run in its own order. A batch that meets a
@@ -162,45 +241,50 @@ def autopipeline(
     write in it may run twice, as a retried single command may.
 
     Args:
-        client: a ``redis.asyncio.Redis`` (one server or Sentinel); its pool, retry
-            policy, timeouts and response parsing are used.
-        concurrency: batches in flight at once, each on its own pooled connection.
+        client: a ``redis.asyncio.Redis`` (one server or Sentinel) or
+            ``RedisCluster``; its connections, retry policy, timeouts and response
+            parsing are used. Close *client*, not the client this yields.
+        concurrency: batches in flight at once.
         max_batch: most commands in one batch.
 
     Raises:
-        InvalidArgument: *client* is not a ``redis.asyncio.Redis`` (a cluster client
-            or a pipeline), or a bound is not a positive integer.
+        InvalidArgument: *client* is not one of those clients (a pipeline, say), or
+            a bound is not a positive integer.
 
     On exit, new commands run directly again, and batches already queued are sent
     and answered first. If the block is cancelled, they are cancelled too, and
     their callers get ``redis.exceptions.ConnectionError``.
     """
-    if not isinstance(client, Redis) or isinstance(client, Pipeline):
-        raise InvalidArgument(
-            f"autopipeline() needs a redis.asyncio.Redis client, got {type(client).__name__}"
-        )
-    return _Owner(
-        _AutoPipelined(
-            client,
-            concurrency=positive_int(concurrency, "concurrency", maximum=1024),
-            max_batch=positive_int(max_batch, "max_batch", maximum=1_000_000),
-        )
+    bounds = {
+        "concurrency": positive_int(concurrency, "concurrency", maximum=1024),
+        "max_batch": positive_int(max_batch, "max_batch", maximum=1_000_000),
+    }
+    if isinstance(client, RedisCluster):
+        return _Owner(_AutoPipelinedCluster(client, **bounds))
+    if isinstance(client, Redis) and not isinstance(client, Pipeline):
+        return _Owner(_AutoPipelined(client, **bounds))
+    raise InvalidArgument(
+        "autopipeline() needs a redis.asyncio.Redis or RedisCluster client, "
+        f"got {type(client).__name__}"
     )
 
 
-class _Owner:
+_ClientT = TypeVar("_ClientT", _AutoPipelined, _AutoPipelinedCluster)
+
+
+class _Owner(Generic[_ClientT]):
     """The ``async with`` that owns the task group the batches run in."""
 
-    def __init__(self, client: _AutoPipelined) -> None:
-        self._client = client
+    def __init__(self, client: _ClientT) -> None:
+        self._client: _ClientT = client
         self._group: TaskGroup | None = None
 
-    async def __aenter__(self) -> Redis:
+    async def __aenter__(self) -> _ClientT:
         if self._group is not None:
             raise RuntimeError("this autopipeline() is already entered")
         group = self._group = anyio.create_task_group()
         await group.__aenter__()
-        self._client._group = group
+        self._client.batches.group = group
         return self._client
 
     async def __aexit__(
@@ -211,7 +295,7 @@ class _Owner:
     ) -> bool:
         group, self._group = self._group, None
         assert group is not None
-        self._client._group = None  # new commands run directly
+        self._client.batches.group = None  # new commands run directly
         # Batch tasks never fail (their errors go to their callers), so the group
         # raises only a cancellation. The block's own exception is not handed to
         # it, which would wrap it in an ExceptionGroup: it propagates as itself.

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -64,6 +64,22 @@ class TestBatching:
         plain_reads = await reads_processed(redis) - before - 1
         assert piped_reads < 20 < 150 < plain_reads
 
+    async def test_on_a_cluster_a_batch_is_split_by_node(self, redis_cluster: RedisCluster) -> None:
+        """200 concurrent INCRs over keys on every primary take under 30 reads in all."""
+
+        async def reads() -> int:
+            stats = await redis_cluster.info("stats", target_nodes=RedisCluster.PRIMARIES)
+            return sum(int(node["total_reads_processed"]) for node in stats.values())
+
+        keys = [f"n{i}" for i in range(200)]
+        async with autopipeline(redis_cluster) as piped:
+            before = await reads()
+            replies = await gather(*(piped.incr(k) for k in keys))
+            batched = await reads() - before - 3  # the INFO calls themselves
+        assert replies == [1] * 200
+        assert {redis_cluster.keyslot(k) // 5462 for k in keys} == {0, 1, 2}
+        assert batched < 30
+
     async def test_max_batch_bounds_one_batch(self, redis: Redis) -> None:
         """With max_batch=10, 100 concurrent commands take at least 9 server reads."""
         async with autopipeline(redis, max_batch=10) as piped:
@@ -73,18 +89,20 @@ class TestBatching:
         assert sorted(replies) == list(range(1, 101))
         assert reads >= 9
 
-    async def test_each_caller_gets_its_own_parsed_reply_or_error(self, redis: Redis) -> None:
+    async def test_each_caller_gets_its_own_parsed_reply_or_error(
+        self, topology: Redis | RedisCluster
+    ) -> None:
         """In one batch, replies are parsed as redis-py parses them and an error hits one caller."""
-        await redis.hset("h", mapping={"a": "1"})
-        await redis.set("s", "text")
-        async with autopipeline(redis) as piped:
+        await topology.hset("{t}h", mapping={"a": "1"})
+        await topology.set("{t}s", "text")
+        async with autopipeline(topology) as piped:
             got = await gather(
-                piped.set("k", "v"),
-                piped.get("k"),
-                piped.hgetall("h"),
-                piped.incr("s"),  # not an integer: an error for this caller only
-                piped.exists("k", "h", "missing"),
-                piped.set("nx", "1", nx=True),
+                piped.set("{t}k", "v"),
+                piped.get("{t}k"),
+                piped.hgetall("{t}h"),
+                piped.incr("{t}s"),  # not an integer: an error for this caller only
+                piped.exists("{t}k", "{t}h", "{t}missing"),
+                piped.set("{t}nx", "1", nx=True),
             )
         assert got[0] is True
         assert got[1] == b"v"
@@ -112,38 +130,45 @@ class TestBatching:
         assert done["blpop"] >= 0.9
         assert max(t for label, t in done.items() if label != "blpop") < 0.5
 
-    async def test_scripts_fall_back_to_eval_inside_a_batch(self, redis: Redis) -> None:
+    async def test_scripts_fall_back_to_eval_inside_a_batch(
+        self, topology: Redis | RedisCluster
+    ) -> None:
         """After SCRIPT FLUSH, 50 concurrent atomic operations in batches all succeed via EVAL."""
-        async with autopipeline(redis) as piped:
+        async with autopipeline(topology) as piped:
             book = ScriptBook.for_client(piped)
             await book.load_all()
-            await redis.script_flush()
+            await topology.script_flush()
             ops = AtomicOps(piped)
-            replies = await gather(*(ops.increment_with_limit("c", 1, 1000) for _ in range(50)))
+            keys = [f"c{i % 10}" for i in range(50)]  # on several nodes of a cluster
+            replies = await gather(*(ops.increment_with_limit(k, 1, 1000) for k in keys))
         assert not [r for r in replies if isinstance(r, Exception)]
-        assert int(await redis.get("c")) == 50
+        assert sum([int(await topology.get(f"c{i}")) for i in range(10)]) == 50
         assert book.stats.eval_fallbacks >= 1
 
-    async def test_rate_limit_stays_exact_under_200_concurrent_calls(self, redis: Redis) -> None:
+    async def test_rate_limit_stays_exact_under_200_concurrent_calls(
+        self, topology: Redis | RedisCluster
+    ) -> None:
         """A limit of 50 admits exactly 50 of 200 concurrent allow() calls sent in batches."""
-        async with autopipeline(redis) as piped:
+        async with autopipeline(topology) as piped:
             limiter = AsyncRateLimiter(piped, limit=50, window=60, algorithm="sliding_window")
             results = await gather(*(limiter.allow("user") for _ in range(200)))
         assert sum(r.allowed for r in results) == 50
 
-    async def test_a_lock_serialises_tasks_on_the_piped_client(self, redis: Redis) -> None:
+    async def test_a_lock_serialises_tasks_on_the_piped_client(
+        self, topology: Redis | RedisCluster
+    ) -> None:
         """20 tasks doing read-modify-write under one AsyncLock on the piped client lose nothing."""
 
-        async def add_one(client: Redis) -> None:
+        async def add_one(client: Redis | RedisCluster) -> None:
             async with AsyncLock(client, "counter", ttl=5, timeout=10):
                 value = int(await client.get("plain") or 0)
                 await anyio.sleep(0.001)  # others run meanwhile, and queue their commands
                 await client.set("plain", value + 1)
 
-        async with autopipeline(redis) as piped:
+        async with autopipeline(topology) as piped:
             with anyio.fail_after(20):
                 await gather(*(add_one(piped) for _ in range(20)))
-        assert await redis.get("plain") == b"20"
+        assert await topology.get("plain") == b"20"
 
 
 class TestFaults:
