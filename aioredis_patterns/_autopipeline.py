@@ -174,6 +174,18 @@ class _AutoPipelinedCluster(RedisCluster):
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A method that updates the client's state (initialize() after a topology
+        # change, say) updates the wrapped client, so the two never drift apart.
+        if name in ("_wrapped", "batches"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._wrapped, name, value)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped client's own pipeline, which refreshes its slot map on errors."""
+        return self._wrapped.pipeline(*args, **kwargs)
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self.batches.run(args, kwargs)
 

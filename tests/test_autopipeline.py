@@ -80,6 +80,21 @@ class TestBatching:
         assert {redis_cluster.keyslot(k) // 5462 for k in keys} == {0, 1, 2}
         assert batched < 30
 
+    async def test_the_cluster_view_shares_the_wrapped_clients_state(
+        self, redis_cluster: RedisCluster
+    ) -> None:
+        """State set through the view lands on the wrapped client; its pipeline is the client's."""
+        async with autopipeline(redis_cluster) as piped:
+            assert isinstance(piped, RedisCluster)
+            piped.read_from_replicas = True
+            assert redis_cluster.read_from_replicas is True
+            piped.read_from_replicas = False
+            pipe = piped.pipeline()
+            pipe.set("a", 1).set("b", 2).get("a")
+            assert await pipe.execute() == [True, True, b"1"]
+            await piped.aclose()  # a no-op: the wrapped client owns the connections
+        assert await redis_cluster.get("b") == b"2"
+
     async def test_max_batch_bounds_one_batch(self, redis: Redis) -> None:
         """With max_batch=10, 100 concurrent commands take at least 9 server reads."""
         async with autopipeline(redis, max_batch=10) as piped:
