@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata as _metadata
 
 from ._atomic import AtomicOps
-from ._autopipeline import autopipeline
+from ._autopipeline import AutopipelineStats, autopipeline
 from ._backoff import Backoff
 from ._cache import AsyncCache, CacheStats
 from ._codecs import Codec
@@ -54,6 +54,7 @@ __all__ = [
     "AsyncSemaphore",
     "AsyncStreamConsumer",
     "AtomicOps",
+    "AutopipelineStats",
     "Backoff",
     "CacheStats",
     "Codec",

@@ -3,9 +3,10 @@
 With a pool, fifty tasks awaiting fifty commands cost fifty writes, fifty reads
 and fifty server wake-ups, and each task waits for a free connection. Here a
 command issued while another is in flight joins a batch instead; the batch goes
-out as one non-transactional pipeline on one pooled connection, and each caller
-gets its own reply (or its own error) back. A task alone on the client never
-waits for anyone: with nothing in flight its command runs directly.
+out as one non-transactional pipeline on one pooled connection (one per node on
+a cluster), and each caller gets its own reply (or its own error) back. A task
+alone on the client never waits for anyone: with nothing in flight its command
+runs directly.
 
 The batches are run by tasks in a task group that the ``async with`` owns.
 """
@@ -16,6 +17,7 @@ import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, overload
@@ -29,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ._exceptions import InvalidArgument
 from ._validation import positive_int
 
-__all__ = ["autopipeline"]
+__all__ = ["AutopipelineStats", "autopipeline"]
 
 # Commands that keep running directly on a pooled connection: the ones that block
 # the connection until something happens (a batch behind them would wait too) and
@@ -45,6 +47,22 @@ _DIRECT: Final = frozenset(
 )  # fmt: skip
 
 _Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
+
+
+@dataclass
+class AutopipelineStats:
+    """Counters of one ``autopipeline()`` client. Read them; do not write them."""
+
+    direct: int = 0
+    """Commands that ran directly: alone on the client, blocking or connection-state."""
+    batched: int = 0
+    """Commands sent in batches."""
+    batches: int = 0
+    """Batches sent (one pipeline each, split by node on a cluster)."""
+    largest_batch: int = 0
+    """Commands in the largest batch so far."""
+    failed_batches: int = 0
+    """Batches that failed as a whole (a connection error, or the block was cancelled)."""
 
 
 def _runs_directly(name: Any) -> bool:
@@ -73,6 +91,7 @@ class _Batches:
         self._concurrency = concurrency
         self._max_batch = max_batch
         self.group: TaskGroup | None = None
+        self.stats = AutopipelineStats()
         self._queued: list[_Call] = []
         self._direct = 0  # commands running directly right now
         self._batches = 0  # batch tasks started and not yet finished
@@ -83,6 +102,7 @@ class _Batches:
         group = self.group
         if group is None or (self._direct == 0 and self._batches == 0) or _runs_directly(args[0]):
             self._direct += 1
+            self.stats.direct += 1
             try:
                 return await self._direct_call(*args, **options)
             finally:
@@ -115,15 +135,21 @@ class _Batches:
             self._batches -= 1
 
     async def _send(self, batch: list[_Call]) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.batched += len(batch)
+        stats.largest_batch = max(stats.largest_batch, len(batch))
         pipe = self._pipeline()
         for args, options, _ in batch:
             pipe.execute_command(*args, **options)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
+            stats.failed_batches += 1
             _fail(batch, exc)
             return
         except BaseException:
+            stats.failed_batches += 1
             _fail(batch, _closed())
             raise
         for (_, _, future), reply in zip(batch, replies, strict=True):
@@ -147,6 +173,11 @@ class _AutoPipelined(Redis):
             concurrency=concurrency,
             max_batch=max_batch,
         )
+
+    @property
+    def stats(self) -> AutopipelineStats:
+        """How many commands ran directly and in batches."""
+        return self.batches.stats
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         return await self.batches.run(args, options)
@@ -185,6 +216,11 @@ class _AutoPipelinedCluster(RedisCluster):
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped client's own pipeline, which refreshes its slot map on errors."""
         return self._wrapped.pipeline(*args, **kwargs)
+
+    @property
+    def stats(self) -> AutopipelineStats:
+        """How many commands ran directly and in batches."""
+        return self.batches.stats
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self.batches.run(args, kwargs)

@@ -57,7 +57,13 @@ class TestBatching:
             before = await reads_processed(redis)
             replies = await gather(*(piped.incr("n") for _ in range(200)))
             piped_reads = await reads_processed(redis) - before - 1
+            stats = piped.stats
         assert sorted(replies) == list(range(1, 201))
+        assert stats.direct + stats.batched == 200
+        assert stats.batched >= 190
+        assert 1 <= stats.batches <= 10
+        assert stats.largest_batch >= 50
+        assert stats.failed_batches == 0
 
         before = await reads_processed(redis)
         await gather(*(redis.incr("n") for _ in range(200)))
@@ -224,6 +230,7 @@ class TestFaults:
                 with anyio.fail_after(5):
                     failed = await gather(*(piped.get("k") for _ in range(20)))
                 assert all(isinstance(r, RedisConnectionError) for r in failed), failed
+                assert piped.stats.failed_batches >= 1
                 redis_server.start()
                 with anyio.fail_after(5):
                     assert await gather(*(piped.set("k", i) for i in range(20))) == [True] * 20
