@@ -161,7 +161,21 @@ class _Batches:
                 future.set_result(reply)
 
 
-class _AutoPipelined(Redis):
+class _Batching:
+    """What both autopipelined clients add: commands go through their batches."""
+
+    batches: _Batches
+
+    @property
+    def stats(self) -> AutopipelineStats:
+        """How many commands ran directly and in batches."""
+        return self.batches.stats
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return await self.batches.run(args, options)
+
+
+class _AutoPipelined(_Batching, Redis):  # type: ignore[misc]  # redis-py's own bases clash
     """A client on the same pool whose concurrent commands share pipelines."""
 
     def __init__(self, client: Redis, *, concurrency: int, max_batch: int) -> None:
@@ -174,16 +188,8 @@ class _AutoPipelined(Redis):
             max_batch=max_batch,
         )
 
-    @property
-    def stats(self) -> AutopipelineStats:
-        """How many commands ran directly and in batches."""
-        return self.batches.stats
 
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        return await self.batches.run(args, options)
-
-
-class _AutoPipelinedCluster(RedisCluster):
+class _AutoPipelinedCluster(_Batching, RedisCluster):  # type: ignore[misc]  # as above
     """A view of a cluster client whose concurrent commands share cluster pipelines.
 
     It keeps no cluster state of its own: every attribute it does not define is
@@ -216,14 +222,6 @@ class _AutoPipelinedCluster(RedisCluster):
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped client's own pipeline, which refreshes its slot map on errors."""
         return self._wrapped.pipeline(*args, **kwargs)
-
-    @property
-    def stats(self) -> AutopipelineStats:
-        """How many commands ran directly and in batches."""
-        return self.batches.stats
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.batches.run(args, kwargs)
 
     async def aclose(self) -> None:
         """Nothing to close: the wrapped client owns the connections."""

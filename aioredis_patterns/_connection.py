@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -141,9 +142,14 @@ def _scrub(text: str, url: str) -> str:
         password = urlsplit(url).password
     except ValueError:
         return text
-    if password:
-        for form in {password, unquote(password)}:
-            text = text.replace(form, "***")
+    return _redacted(text, [password, password and unquote(password)])
+
+
+def _redacted(text: str, secrets: Iterable[Any]) -> str:
+    """*text* with every non-empty secret in it replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), "***")
     return text
 
 
@@ -286,19 +292,13 @@ async def connect_sentinel(
     )
     client._sentinels = sentinel
     nodes = ", ".join(f"{host}:{port}" for host, port in addresses)
-    secrets = [p for p in (password, (sentinel_options or {}).get("password")) if p]
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(str(secret), "***")
-        return text
-
+    secrets = [password, (sentinel_options or {}).get("password")]
     return await _answering(
         client,
         seconds,
         load_scripts=load_scripts,
         where=f"the primary of {service!r} (Sentinels {nodes})",
-        scrub=scrub,
+        scrub=partial(_redacted, secrets=secrets),
     )
 
 

@@ -7,9 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
-from types import TracebackType
 
-from ._server import RedisServer, RedisServerError
+from ._server import Launcher, RedisServer, RedisServerError
 
 __all__ = ["RedisClusterServer"]
 
@@ -38,7 +37,7 @@ def free_cluster_port() -> int:
     raise RedisServerError("no free port pair for a cluster node")
 
 
-class RedisClusterServer:
+class RedisClusterServer(Launcher):
     """A Redis Cluster of *primaries* nodes (no replicas), each a :class:`RedisServer`.
 
     The slots are spread with ``redis-cli --cluster create``; :meth:`start`
@@ -117,14 +116,3 @@ class RedisClusterServer:
         """Stop every node and remove their directories."""
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> RedisClusterServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

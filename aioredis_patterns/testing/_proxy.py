@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import TracebackType
 
-from ._server import RedisServerError
+from ._server import Launcher, RedisServerError
 
 __all__ = ["FaultProxy"]
 
 
-class FaultProxy:
+class FaultProxy(Launcher):
     """Forwards 127.0.0.1:*port* to *target_port*, with faults a test can switch on.
 
     The faults are those of a network, not of the server, which keeps running:
@@ -143,17 +142,6 @@ class FaultProxy:
                 await sink.drain()
         # One side ended: end the other, so the pair closes together.
         sink.transport.abort()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<FaultProxy 127.0.0.1:{self.port} -> {self.target[0]}:{self.target[1]}>"

@@ -6,9 +6,8 @@ import contextlib
 import socket
 import time
 from pathlib import Path
-from types import TracebackType
 
-from ._server import RedisServer, RedisServerError
+from ._server import Launcher, RedisServer, RedisServerError
 
 __all__ = ["RedisSentinelServer"]
 
@@ -56,7 +55,7 @@ class _SentinelProcess(RedisServer):
         ]  # fmt: skip
 
 
-class RedisSentinelServer:
+class RedisSentinelServer(Launcher):
     """A primary, one replica and *sentinels* Sentinels monitoring them as *service*.
 
     :meth:`start` returns once the replica is in sync and every Sentinel knows
@@ -150,14 +149,3 @@ class RedisSentinelServer:
         """Stop every process and remove their directories."""
         for server in (*self.sentinels, self.replica, self.primary):
             server.close()
-
-    def __enter__(self) -> RedisSentinelServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

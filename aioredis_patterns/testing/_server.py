@@ -17,10 +17,35 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = ["RedisServer", "RedisServerError", "free_port"]
 
 _LIVE: weakref.WeakSet[RedisServer] = weakref.WeakSet()
+
+
+_LauncherT = TypeVar("_LauncherT", bound="Launcher")
+
+
+class Launcher:
+    """Something a test starts and closes: ``with launcher:`` is ``start()`` ... ``close()``."""
+
+    def start(self: _LauncherT) -> _LauncherT:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _LauncherT) -> _LauncherT:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class RedisServerError(RuntimeError):
@@ -55,7 +80,7 @@ def _ping(port: int, timeout: float) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(Launcher):
     """A ``redis-server`` child process on 127.0.0.1, with no persistence.
 
     It runs in a temporary directory and answers on :attr:`port` once
@@ -213,17 +238,6 @@ class RedisServer:
             self._dir.cleanup()
             self._dir = None
         _LIVE.discard(self)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

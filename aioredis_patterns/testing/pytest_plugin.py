@@ -154,16 +154,20 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
     return redis_server_factory()
 
 
-@pytest.fixture
-def redis_sentinel_server() -> Iterator[RedisSentinelServer]:
-    """A primary, a replica and three Sentinels of the test's own; kill the primary to fail over."""
+def _sentinel_group() -> Iterator[RedisSentinelServer]:
     if not RedisSentinelServer.available():
         pytest.fail(
-            "this test needs the redis-server binary on PATH to start Sentinels",
+            "Sentinel tests need the redis-server binary on PATH to start Sentinels",
             pytrace=False,
         )
     with RedisSentinelServer() as group:
         yield group
+
+
+@pytest.fixture
+def redis_sentinel_server() -> Iterator[RedisSentinelServer]:
+    """A primary, a replica and three Sentinels of the test's own; kill the primary to fail over."""
+    yield from _sentinel_group()
 
 
 @pytest_asyncio.fixture
@@ -212,13 +216,7 @@ async def redis_cluster(redis_cluster_url: str) -> AsyncIterator[RedisCluster]:
 @pytest.fixture(scope="session")
 def redis_sentinel_group() -> Iterator[RedisSentinelServer]:
     """A primary, a replica and three Sentinels shared by the session (never failed over)."""
-    if not RedisSentinelServer.available():
-        pytest.fail(
-            "Sentinel tests need the redis-server binary on PATH to start Sentinels",
-            pytrace=False,
-        )
-    with RedisSentinelServer() as group:
-        yield group
+    yield from _sentinel_group()
 
 
 @pytest_asyncio.fixture
