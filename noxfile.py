@@ -15,7 +15,7 @@ PYTHONS = nox.project.python_versions(PYPROJECT)
 LATEST = PYTHONS[-1]
 
 nox.needs_version = ">=2024.10.9"
-nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
+nox.options.sessions = ["tests", "lint", "typecheck", "examples", "bench_smoke"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 nox.options.reuse_existing_virtualenvs = not os.environ.get("CI")
 
@@ -70,3 +70,28 @@ def bench(session: nox.Session) -> None:
     """
     session.install(".", "-r", "benchmarks/requirements.txt")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=BENCH_PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """Run every benchmark case once, briefly, and fail if any could not run.
+
+    It times nothing worth reading (0.05 s per case) and asserts no speed: it keeps
+    the benchmark, its peer libraries and the docs renderer working between the
+    full runs of ``nox -s bench``. The 1M-key scaling rows and the profiles are left
+    to those.
+    """
+    session.install(".", "-r", "benchmarks/requirements.txt")
+    session.run(
+        "python",
+        "-m",
+        "benchmarks",
+        "--duration",
+        "0.05",
+        "--rounds",
+        "1",
+        "--no-scaling",
+        "--no-profile",
+        "--no-docs",
+        "--strict",
+    )

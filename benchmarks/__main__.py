@@ -62,7 +62,33 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write only benchmarks/results/, not docs/benchmarks.{json,md,png}",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any group, case or memory row could not be measured (the CI smoke run)",
+    )
     return parser
+
+
+def _not_measured(run: RunResult) -> list[str]:
+    """What the run could not measure, one line each: empty when everything ran."""
+    missing: list[str] = []
+    for group in run.groups:
+        if group.status != "ok":
+            missing.append(f"{group.key}: {group.status}")
+        for comparison in group.comparisons:
+            cases = [comparison.ours, comparison.floor, *comparison.peers]
+            missing += [
+                f"{comparison.name} / {m.label}: {m.unavailable}"
+                for m in cases
+                if m is not None and m.unavailable
+            ]
+        missing += [
+            f"memory {row.algorithm} limit {row.limit}: {row.note or 'no figure'}"
+            for row in group.memory
+            if row.bytes is None
+        ]
+    return missing
 
 
 def _load(name: str) -> ModuleType | str:
@@ -202,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         for summary in group.profiles:
             name = "".join(ch if ch.isalnum() else "-" for ch in summary.label).strip("-")
             (results / f"profile-{group.key}-{name}.txt").write_text(summary.text, "utf-8")
+    missing = _not_measured(run)
+    if args.strict and missing:
+        print("\nnot measured:\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 1
     if args.only or args.no_docs:
         print(f"\nwrote {results / 'latest.json'} (docs/ left as they were)")
         return 0
