@@ -1,4 +1,5 @@
-"""Test matrix: `nox` runs tests on every supported Python, lint, typecheck and examples.
+"""Test matrix: `nox` runs tests on every supported Python, lint, typecheck, examples
+and a smoke run of the benchmarks.
 
 Python versions are read from the classifiers in pyproject.toml, so they are
 listed once. With CI set, a missing interpreter is an error, not a skip.
