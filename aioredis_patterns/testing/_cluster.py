@@ -6,7 +6,6 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 
 from ._server import Launcher, RedisServer, RedisServerError
 
@@ -102,11 +101,9 @@ class RedisClusterServer(Launcher):
             )
             if created.returncode != 0:
                 raise RedisServerError(f"redis-cli --cluster create failed: {created.stdout}")
-            deadline = time.monotonic() + self.startup_timeout
-            while not self._ready():
-                if time.monotonic() > deadline:
-                    raise RedisServerError("the cluster did not reach cluster_state:ok")
-                time.sleep(0.05)
+            self._wait_until(
+                self._ready, self.startup_timeout, "the cluster did not reach cluster_state:ok"
+            )
         except BaseException:
             self.close()
             raise

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from pathlib import Path
 
-from ._server import Launcher, RedisServer, RedisServerError
+from ._server import Launcher, RedisServer
 
 __all__ = ["RedisSentinelServer"]
 
@@ -135,11 +134,11 @@ class RedisSentinelServer(Launcher):
             self.replica.start()
             for sentinel in self.sentinels:
                 sentinel.start()
-            deadline = time.monotonic() + self.startup_timeout
-            while not self._ready():
-                if time.monotonic() > deadline:
-                    raise RedisServerError("the Sentinels did not discover the replica in time")
-                time.sleep(0.05)
+            self._wait_until(
+                self._ready,
+                self.startup_timeout,
+                "the Sentinels did not discover the replica in time",
+            )
         except BaseException:
             self.close()
             raise

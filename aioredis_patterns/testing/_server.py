@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -35,6 +35,15 @@ class Launcher:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _wait_until(ready: Callable[[], bool], timeout: float, failure: str) -> None:
+        """Poll *ready* every 50 ms; raise ``RedisServerError(failure)`` after *timeout* s."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RedisServerError(failure)
+            time.sleep(0.05)
 
     def __enter__(self: _LauncherT) -> _LauncherT:
         return self.start()
