@@ -25,6 +25,7 @@ from ._exceptions import (
     NotAnInteger,
     ScriptError,
 )
+from ._fastpath import direct_pool, send
 from ._slots import check_same_slot, is_cluster
 
 __all__ = ["Script", "ScriptBook", "ScriptStats", "register_error_code"]
@@ -160,6 +161,7 @@ class ScriptBook:
     def __init__(self, client: Any, *, builtins: bool = True) -> None:
         self._client = client
         self._cluster = is_cluster(client)
+        self._pool = direct_pool(client)
         self._scripts: dict[str, Script] = {}
         self.stats = ScriptStats()
         if builtins:
@@ -245,19 +247,21 @@ class ScriptBook:
             check_same_slot(self._client, keys)
         self.stats.evalsha += 1
         try:
-            return await self._client.execute_command(
-                script.command, script.sha, len(keys), *keys, *args
-            )
+            return await self._send((script.command, script.sha, len(keys), *keys, *args))
         except ResponseError as exc:
             if not _is_noscript(exc):
                 raise self.translate(name, exc) from exc
         self.stats.eval_fallbacks += 1
         try:
-            return await self._client.execute_command(
-                script.fallback, script.source, len(keys), *keys, *args
-            )
+            return await self._send((script.fallback, script.source, len(keys), *keys, *args))
         except ResponseError as exc:
             raise self.translate(name, exc) from exc
+
+    async def _send(self, args: tuple[Any, ...]) -> Any:
+        # on a pooled connection of its own where that loses nothing (see _fastpath)
+        if self._pool is None:
+            return await self._client.execute_command(*args)
+        return await send(self._pool, args)
 
     def queue(
         self, pipe: Any, name: str, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()

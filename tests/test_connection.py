@@ -167,6 +167,18 @@ class TestPool:
             await client.connection_pool.release(connection)
             await client.aclose()
 
+    async def test_a_call_cancelled_mid_reply_leaves_the_one_connection_usable(
+        self, redis_url: str
+    ) -> None:
+        """A command cancelled while waiting for its reply frees its connection, in sync."""
+        client = await connect(redis_url, max_connections=1, timeout=5.0)
+        with anyio.move_on_after(0.1) as scope:
+            await client.blpop(["pool:never"], 1)
+        assert scope.cancelled_caught
+        await client.set("pool:after", "ok")
+        assert await client.get("pool:after") == b"ok"
+        await client.aclose()
+
     async def test_connect_loads_every_script_once(self, redis_url: str) -> None:
         """connect() loads the toolkit's scripts into the client's shared book at startup."""
         client = await connect(redis_url)

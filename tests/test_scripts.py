@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
@@ -13,10 +14,13 @@ from aioredis_patterns import (
     InvalidArgument,
     ScriptBook,
     ScriptError,
+    autopipeline,
+    connect,
     register_error_code,
 )
 from aioredis_patterns._scripts import _BUILTINS
 from aioredis_patterns._slots import derived_key, slot_of
+from aioredis_patterns.testing import RedisServer
 from tests.conftest import command_calls
 
 SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
@@ -80,6 +84,53 @@ class TestLoading:
         book.register("mine", "return 1")  # the same source again is fine
         with pytest.raises(ValueError, match="already registered"):
             book.register("mine", "return 2")
+
+
+SLOW = """
+local started = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - started[1]) * 1000000 + (now[2] - started[2]) >= tonumber(ARGV[1])
+return 'slow'
+"""
+
+
+class TestSending:
+    async def test_script_calls_survive_a_server_restart(self, redis_server: RedisServer) -> None:
+        """After a restart a script call reconnects by the client's retry, then re-sends as EVAL."""
+        client = await connect(redis_server.url)
+        ops = AtomicOps(client)
+        assert await ops.increment_with_limit("restart:n", 1, 10) == 1
+        await anyio.to_thread.run_sync(redis_server.restart)
+        assert await ops.increment_with_limit("restart:n", 1, 10) >= 1
+        assert ScriptBook.for_client(client).stats.eval_fallbacks == 1
+        await client.aclose()
+
+    async def test_a_call_cancelled_while_its_script_runs_leaves_the_connection_in_step(
+        self, redis_url: str
+    ) -> None:
+        """A script call cancelled before its reply never hands that reply to the next call."""
+        client = await connect(redis_url, max_connections=1)
+        book = ScriptBook.for_client(client)
+        book.register("test_slow", SLOW)
+        book.register("test_echo", "return ARGV[1]")
+        with anyio.move_on_after(0.05) as scope:
+            await book.run("test_slow", args=(300_000,))
+        assert scope.cancelled_caught
+        assert await book.run("test_echo", args=("fresh",)) == b"fresh"
+        assert await client.get("nothing") is None
+        await client.aclose()
+
+    async def test_autopipeline_books_send_their_calls_in_batches(self, redis: Redis) -> None:
+        """On an autopipeline() client, 50 concurrent script calls share a few pipelines."""
+        async with autopipeline(redis) as piped:
+            ops = AtomicOps(piped)
+            async with anyio.create_task_group() as tg:
+                for i in range(50):
+                    tg.start_soon(ops.increment_with_limit, f"piped:{i % 5}", 1, 100)
+        assert piped.stats.batched + piped.stats.direct == 50  # none sent around it
+        assert piped.stats.batches < 25
+        assert sum([int(await redis.get(f"piped:{i}")) for i in range(5)]) == 50
 
 
 class TestEvalsha:
