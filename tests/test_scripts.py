@@ -7,6 +7,7 @@ import hashlib
 import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import DataError
 
 from aioredis_patterns import (
     AtomicOps,
@@ -119,6 +120,31 @@ class TestSending:
         assert scope.cancelled_caught
         assert await book.run("test_echo", args=("fresh",)) == b"fresh"
         assert await client.get("nothing") is None
+        await client.aclose()
+
+    @pytest.mark.parametrize(("encoding", "sent"), [("utf-8", b"\xc3\xa9"), ("latin-1", b"\xe9")])
+    async def test_text_arguments_are_encoded_as_the_client_says(
+        self, redis_url: str, encoding: str, sent: bytes
+    ) -> None:
+        """A script receives text arguments in the client's encoding, UTF-8 or not."""
+        client = await connect(redis_url, encoding=encoding)
+        book = ScriptBook.for_client(client)
+        book.register("test_echo", "return ARGV[1]")
+        assert await book.run("test_echo", args=("é",)) == sent
+        await client.aclose()
+
+    @pytest.mark.parametrize("value", [True, object(), None])
+    async def test_an_argument_redis_cannot_take_raises_data_error(
+        self, redis_url: str, value: object
+    ) -> None:
+        """An argument Redis has no form for raises redis-py's DataError, and nothing is sent."""
+        client = await connect(redis_url)
+        book = ScriptBook.for_client(client)
+        book.register("test_echo", "return ARGV[1]")
+        before = await command_calls(client, "evalsha", "eval")
+        with pytest.raises(DataError):
+            await book.run("test_echo", args=(value,))  # type: ignore[arg-type]
+        assert await command_calls(client, "evalsha", "eval") == before
         await client.aclose()
 
     async def test_autopipeline_books_send_their_calls_in_batches(self, redis: Redis) -> None:
