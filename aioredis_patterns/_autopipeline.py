@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._exceptions import InvalidArgument
+from ._fastpath import direct
 from ._validation import positive_int
 
 __all__ = ["AutopipelineStats", "autopipeline"]
@@ -182,11 +183,34 @@ class _AutoPipelined(_Batching, Redis):  # type: ignore[misc]  # redis-py's own 
         super().__init__(connection_pool=client.connection_pool)
         self.response_callbacks = client.response_callbacks
         self.batches = _Batches(
-            partial(Redis.execute_command, self),
+            _lone_caller(self, client),
             partial(self.pipeline, transaction=False),
             concurrency=concurrency,
             max_batch=max_batch,
         )
+
+
+def _lone_caller(piped: Redis, client: Redis) -> Callable[..., Awaitable[Any]]:
+    """How a command runs when it runs alone on *piped*.
+
+    A command with no options and no reply callback (a script call, say) takes the
+    short path a :class:`ScriptBook` takes on *client*; anything else, and every
+    blocking or connection-state command, goes through redis-py's
+    ``execute_command``.
+    """
+    full = partial(Redis.execute_command, piped)
+    sender = direct(client)
+    if sender is None:
+        return full
+    callbacks = piped.response_callbacks
+
+    async def lone(*args: Any, **options: Any) -> Any:
+        name = args[0]
+        if options or not isinstance(name, str) or name in callbacks or _runs_directly(name):
+            return await full(*args, **options)
+        return await sender.send(args)
+
+    return lone
 
 
 class _AutoPipelinedCluster(_Batching, RedisCluster):  # type: ignore[misc]  # as above

@@ -19,6 +19,7 @@ from aioredis_patterns import (
     AsyncRateLimiter,
     AtomicOps,
     InvalidArgument,
+    LimitExceeded,
     ScriptBook,
     autopipeline,
     connect,
@@ -190,6 +191,23 @@ class TestBatching:
             with anyio.fail_after(20):
                 await gather(*(add_one(piped) for _ in range(20)))
         assert await topology.get("plain") == b"20"
+
+    async def test_a_lone_command_keeps_its_reply_parsing_and_script_errors(
+        self, redis: Redis
+    ) -> None:
+        """Alone on the client, a command gets redis-py's parsed reply, a script its own errors."""
+        async with autopipeline(redis) as piped:
+            assert await piped.set("lone", "v") is True
+            assert isinstance(await piped.time(), tuple)
+            assert await piped.hset("lone:h", mapping={"a": "1"}) == 1
+            assert await piped.hgetall("lone:h") in ({b"a": b"1"}, {"a": "1"})
+            await redis.script_flush()
+            ops = AtomicOps(piped)
+            assert await ops.increment_with_limit("lone:n", 2, 3) == 2
+            with pytest.raises(LimitExceeded):
+                await ops.increment_with_limit("lone:n", 2, 3)
+        assert piped.stats.batched == 0
+        assert ScriptBook.for_client(piped).stats.eval_fallbacks == 1
 
 
 class TestFaults:

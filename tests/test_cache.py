@@ -137,6 +137,22 @@ class TestPlainOperations:
         assert await cache.get("absent", MISSING) is MISSING
         assert (cache.stats.hits, cache.stats.misses) == (1, 1)
 
+    async def test_a_client_that_decodes_replies_reads_back_what_it_stored(
+        self, redis_url: str
+    ) -> None:
+        """On a decode_responses=True client, get and a get_or_load hit return the stored value."""
+        client = await connect(redis_url, decode_responses=True)
+        cache = AsyncCache(client, namespace="text:", ttl=60)
+        await cache.set("user", {"name": "Ada", "city": "Zürich"})
+        assert await cache.get("user") == {"name": "Ada", "city": "Zürich"}
+        loader = Loader(lambda n: {"name": "other"})
+        assert await cache.get_or_load("user", loader) == {"name": "Ada", "city": "Zürich"}
+        assert loader.calls == 0
+        stored = await client.get("text:user")
+        assert isinstance(stored, str)
+        assert json.loads(stored) == {"name": "Ada", "city": "Zürich"}
+        await client.aclose()
+
     async def test_set_uses_namespace_and_ttl(self, make_cache: Callable[..., AsyncCache], redis):
         """set() writes namespace+key with a PX ttl from float seconds or a timedelta."""
         cache = make_cache(namespace="p:", ttl=30)
