@@ -45,7 +45,9 @@ class _Waiting(_PoolBase):
     While redis-py's metrics are off and no credential provider needs to
     re-authenticate connections on release, a checkout also skips redis-py's pool
     lock, its metric reports and its release event (7 µs per command, see
-    ``_fastpath``). It keeps redis-py's own readiness check (``ensure_connection``).
+    ``_fastpath``). It keeps redis-py's own readiness check (``ensure_connection``),
+    and takes redis-py's path while the pool handles a maintenance notification
+    (then redis-py rewrites the pool's connections under that lock).
     """
 
     def __init__(self, *args: Any, timeout: float | None = 20.0, **kwargs: Any) -> None:
@@ -71,7 +73,7 @@ class _Waiting(_PoolBase):
         else:
             await self._permits.acquire()  # a free permit: returns without suspending
         try:
-            if self._short:
+            if self._short and not getattr(self, "_in_maintenance", False):
                 connection = await self._checkout()
             else:
                 connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -100,7 +102,7 @@ class _Waiting(_PoolBase):
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
-            if self._short:
+            if self._short and not getattr(self, "_in_maintenance", False):
                 await self._checkin(connection)
             else:
                 await super().release(connection)
