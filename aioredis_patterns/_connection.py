@@ -73,7 +73,7 @@ class _Waiting(_PoolBase):
         else:
             await self._permits.acquire()  # a free permit: returns without suspending
         try:
-            if self._short and not getattr(self, "_in_maintenance", False):
+            if self._lock_free():
                 connection = await self._checkout()
             else:
                 connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -82,6 +82,10 @@ class _Waiting(_PoolBase):
             raise
         self._holding.add(connection)
         return connection
+
+    def _lock_free(self) -> bool:
+        # redis-py rewrites the pool's connections under its lock during maintenance
+        return self._short and not getattr(self, "_in_maintenance", False)
 
     async def _checkout(self) -> AbstractConnection:
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
@@ -102,7 +106,7 @@ class _Waiting(_PoolBase):
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
-            if self._short and not getattr(self, "_in_maintenance", False):
+            if self._lock_free():
                 await self._checkin(connection)
             else:
                 await super().release(connection)

@@ -22,6 +22,7 @@ client or pool that changes how commands travel.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -29,7 +30,10 @@ from hiredis import pack_command as _hiredis_pack
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["Direct", "direct", "metrics_on"]
+__all__ = ["Direct", "Send", "direct", "metrics_on", "sender"]
+
+Send = Callable[[tuple[Any, ...]], Awaitable[Any]]
+"""Sends one command, given as its arguments, and returns the reply."""
 
 
 def metrics_on() -> bool:
@@ -59,6 +63,23 @@ def direct(client: Any) -> Direct | None:
     if client.single_connection_client or metrics_on():
         return None
     return Direct(client.connection_pool)
+
+
+def sender(client: Any) -> Send:
+    """How a pattern sends one command that has no reply callback (EVALSHA, GET) on *client*.
+
+    :meth:`Direct.send` where :func:`direct` allows it, else the client's own
+    ``execute_command``, which batches on :func:`autopipeline` and routes by slot on
+    a cluster.
+    """
+    fast = direct(client)
+    if fast is not None:
+        return fast.send
+
+    async def through_client(args: tuple[Any, ...]) -> Any:
+        return await client.execute_command(*args)
+
+    return through_client
 
 
 def _utf8_strict(options: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from ._exceptions import (
     NotAnInteger,
     ScriptError,
 )
-from ._fastpath import direct
+from ._fastpath import sender
 from ._slots import check_same_slot, is_cluster
 
 __all__ = ["Script", "ScriptBook", "ScriptStats", "register_error_code"]
@@ -161,7 +161,8 @@ class ScriptBook:
     def __init__(self, client: Any, *, builtins: bool = True) -> None:
         self._client = client
         self._cluster = is_cluster(client)
-        self._direct = direct(client)
+        # on a pooled connection of its own where that loses nothing (see _fastpath)
+        self._send = sender(client)
         self._scripts: dict[str, Script] = {}
         self.stats = ScriptStats()
         if builtins:
@@ -256,12 +257,6 @@ class ScriptBook:
             return await self._send((script.fallback, script.source, len(keys), *keys, *args))
         except ResponseError as exc:
             raise self.translate(name, exc) from exc
-
-    async def _send(self, args: tuple[Any, ...]) -> Any:
-        # on a pooled connection of its own where that loses nothing (see _fastpath)
-        if self._direct is None:
-            return await self._client.execute_command(*args)
-        return await self._direct.send(args)
 
     def queue(
         self, pipe: Any, name: str, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import InvalidArgument, RedisUnavailable
-from .._fastpath import direct
+from .._fastpath import sender
 from .._scripts import ScriptBook
 from .._serializers import Serializer, resolve_serializer
 from .._slots import derived_key, is_cluster
@@ -184,7 +184,7 @@ class AsyncCache:
             raise InvalidArgument(f"early_refresh must be finite and >= 0, got {early_refresh!r}")
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
-        self._direct = direct(client)  # a plain GET skips execute_command where it can
+        self._send = sender(client)  # a plain GET skips execute_command where it can
         self._cluster = is_cluster(client)
         self._namespace = namespace
         self._ttl_ms = None if ttl is None else to_milliseconds(ttl, "ttl")
@@ -483,9 +483,7 @@ class AsyncCache:
         return cast(T, await self._join_or_lead(full, loader, ttl_ms, force=force))
 
     async def _get(self, full: str) -> bytes | str | None:
-        if self._direct is None:
-            return cast("bytes | str | None", await self._client.get(full))
-        return cast("bytes | str | None", await self._direct.send(("GET", full)))
+        return cast("bytes | str | None", await self._send(("GET", full)))
 
     async def _read(self, full: str, u: float) -> _Entry | object:
         """One round trip: the entry, or _MISSING, or _CORRUPT.
