@@ -20,7 +20,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._exceptions import InvalidArgument, RedisUnavailable
-from ._fastpath import metrics_on
+from ._fastpath import metrics_on, prompt_writes
 from ._scripts import ScriptBook
 from ._validation import non_empty_str, positive_int, to_seconds
 
@@ -52,6 +52,7 @@ class _Waiting(_PoolBase):
 
     def __init__(self, *args: Any, timeout: float | None = 20.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.connection_class = prompt_writes(self.connection_class)
         self.timeout = timeout
         self._permits = asyncio.Semaphore(self.max_connections)
         # Connections that hold a permit; release() returns the permit of these only,

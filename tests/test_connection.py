@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aioredis_patterns import (
     AioRedisPatternsError,
@@ -199,6 +202,44 @@ class TestPool:
         await anyio.to_thread.run_sync(redis_server.restart)
         assert await client.set("k", "after")
         assert await client.get("k") == b"after"
+        await client.aclose()
+
+    async def test_a_write_the_server_stops_reading_times_out_and_applies_nothing(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A command too big for the socket, to a stopped server, times out and is never run."""
+        client = await connect(redis_server.url, timeout=0.5, retries=0)
+        pid = redis_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match="writing"):
+                await client.set("pool:big", b"x" * (64 << 20))
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert 0.4 < waited < 3.0
+        await anyio.sleep(0.5)  # time for a buffered rest of the command to arrive
+        assert await client.exists("pool:big") == 0
+        await client.set("pool:small", "ok")
+        assert await client.get("pool:small") == b"ok"
+        await client.aclose()
+
+    async def test_a_write_cancelled_half_way_is_never_run(self, redis_server: RedisServer) -> None:
+        """A command cancelled while the stopped server holds back its write never runs later."""
+        client = await connect(redis_server.url, timeout=5.0, max_connections=1)
+        pid = redis_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with anyio.move_on_after(0.3) as scope:
+                await client.set("pool:big", b"x" * (64 << 20))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert scope.cancelled_caught
+        await anyio.sleep(0.5)  # time for a buffered rest of the command to arrive
+        assert await client.exists("pool:big") == 0
         await client.aclose()
 
 
