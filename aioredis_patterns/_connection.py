@@ -228,6 +228,9 @@ async def connect(
     settings = _settings(seconds, max_connections, retries, health_check_interval, options)
     settings["timeout"] = seconds  # the wait for a free pooled connection
     with _invalid_url(url):
+        if urlsplit(url).scheme == "unix" and "socket_keepalive" not in options:
+            # a TCP option: redis-py's Unix socket connection refuses it
+            del settings["socket_keepalive"]
         pool = _WaitingPool.from_url(url, **settings)
     return await _checked(Redis.from_pool(pool), url, seconds, load_scripts=load_scripts)
 

@@ -204,6 +204,21 @@ class TestPool:
         assert await client.get("k") == b"after"
         await client.aclose()
 
+    async def test_a_unix_socket_url_connects(
+        self, tmp_path: Path, redis_server_factory: Callable[..., RedisServer]
+    ) -> None:
+        """A unix:// URL connects, and its commands and scripts work like TCP ones."""
+        path = tmp_path / "redis.sock"
+        redis_server_factory(args=("--unixsocket", str(path), "--unixsocketperm", "700"))
+        client = await connect(f"unix://{path}?db=2", timeout=2.0)
+        try:
+            await client.set("pool:unix", "ok")
+            assert await client.get("pool:unix") == b"ok"
+            assert await AtomicOps(client).increment_with_limit("pool:n", 1, limit=5) == 1
+            assert (await client.client_info())["db"] == 2
+        finally:
+            await client.aclose()
+
     async def test_a_write_the_server_stops_reading_times_out_and_applies_nothing(
         self, redis_server: RedisServer
     ) -> None:
