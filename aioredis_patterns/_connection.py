@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
@@ -261,7 +261,21 @@ async def connect_cluster(
     settings = _settings(seconds, max_connections, retries, health_check_interval, options)
     with _invalid_url(url):
         client = RedisCluster.from_url(url, **settings)
+    _prompt_cluster(client)
     return await _checked(client, url, seconds, load_scripts=load_scripts)
+
+
+def _prompt_cluster(client: RedisCluster) -> None:
+    """Make the cluster's node connections write as :func:`connect`'s do (``_fastpath``).
+
+    Nodes found later are built from the nodes manager's connection settings; the
+    startup nodes already exist and have made no connection yet.
+    """
+    manager = client.nodes_manager
+    shared = manager.connection_kwargs
+    shared["connection_class"] = prompt_writes(shared.get("connection_class", Connection))
+    for node in manager.startup_nodes.values():
+        node.connection_class = prompt_writes(node.connection_class)
 
 
 async def connect_sentinel(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 from hiredis import pack_command as _hiredis_pack
@@ -198,10 +198,11 @@ class _PromptWrite(AbstractConnection):
             raise
 
 
+_C = TypeVar("_C", bound=AbstractConnection)
 _PROMPT: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def prompt_writes(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+def prompt_writes(connection_class: type[_C]) -> type[_C]:
     """*connection_class* writing as :class:`_PromptWrite` does; one subclass per class."""
     if issubclass(connection_class, _PromptWrite):
         return connection_class
@@ -209,4 +210,4 @@ def prompt_writes(connection_class: type[AbstractConnection]) -> type[AbstractCo
     if prompt is None:
         prompt = type(connection_class.__name__, (_PromptWrite, connection_class), {})
         _PROMPT[connection_class] = prompt
-    return prompt
+    return cast("type[_C]", prompt)

@@ -29,7 +29,7 @@ from aioredis_patterns import (
     connect_cluster,
     redact_url,
 )
-from aioredis_patterns.testing import RedisServer, free_port
+from aioredis_patterns.testing import RedisClusterServer, RedisServer, free_port
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -321,6 +321,26 @@ class TestCluster:
             assert await ops.deduct_inventory("{order:1}:stock", 2) == 1
         finally:
             await client.aclose()
+
+    async def test_a_cluster_write_the_node_stops_reading_is_never_run(self) -> None:
+        """On a cluster, a command that times out half-written to a stopped node never runs."""
+        with RedisClusterServer() as cluster:
+            client = await connect_cluster(cluster.url, timeout=0.5, retries=0)
+            try:
+                key = "pool:big"
+                port = client.get_node_from_key(key).port
+                pid = next(node.pid for node in cluster.nodes if node.port == int(port))
+                assert pid is not None
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+                        await client.set(key, b"x" * (64 << 20))
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                await anyio.sleep(0.5)  # time for a buffered rest of the command to arrive
+                assert await client.exists(key) == 0
+            finally:
+                await client.aclose()
 
     async def test_connect_cluster_to_a_closed_port_is_redis_unavailable(self) -> None:
         """No node answering raises RedisUnavailable within the timeout, password redacted."""
