@@ -156,10 +156,13 @@ class _PromptWrite(AbstractConnection):
     It writes as redis-py does (``StreamWriter.writelines``), in the caller's task.
     Only when the transport keeps part of the command buffered, so that the drain
     may wait for the server to read, is that wait bounded by ``socket_timeout``. On
-    a timeout, a socket error or a cancellation the connection is aborted, so the
-    rest of the command is never sent, and redis-py's own exception raised. A
-    connection that is not open, or is closing, is left to redis-py's own method,
-    which connects or raises.
+    a timeout, a socket error or a cancellation the connection is dropped and
+    redis-py's own exception raised. A connection that is not open, or is closing,
+    is left to redis-py's own method, which connects or raises.
+
+    Whenever the connection is dropped (here, or after a read timed out or was
+    cancelled) while its transport still holds unsent bytes of a command, it is
+    aborted rather than closed, so the rest of that command is never sent.
     """
 
     __slots__ = ()
@@ -182,20 +185,36 @@ class _PromptWrite(AbstractConnection):
             if isinstance(command, bytes):
                 writer.write(command)
             else:
-                writer.writelines(command)
+                # not writelines(): on Python 3.12 and 3.13 the socket transport's
+                # writelines() never pauses the protocol, so drain() would not wait
+                for chunk in command:
+                    writer.write(chunk)
             if writer.transport.get_write_buffer_size():
                 with anyio.fail_after(self.socket_timeout):
                     await writer.drain()
         except BaseException as exc:
-            # abort, not close: close() would go on sending the buffered rest of the
-            # command, and the server would run it after the caller was told it failed
-            writer.transport.abort()
             await self.disconnect(nowait=True)
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError("Timeout writing to socket") from None
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
             raise
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._abort_unsent()
+        await super().disconnect(*args, **kwargs)
+
+    def _close(self) -> None:
+        self._abort_unsent()
+        super()._close()  # type: ignore[no-untyped-call]
+
+    def _abort_unsent(self) -> None:
+        # Abort, not close, a connection that still holds part of a command: close()
+        # would go on sending the rest, and the server would run a command whose
+        # caller was told that it failed or was cancelled.
+        writer = self._writer
+        if writer is not None and writer.transport.get_write_buffer_size():
+            writer.transport.abort()
 
 
 _C = TypeVar("_C", bound=AbstractConnection)
