@@ -20,7 +20,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._exceptions import InvalidArgument, RedisUnavailable
-from ._fastpath import metrics_on, prompt_writes
+from ._fastpath import lean_connection, metrics_on
 from ._scripts import ScriptBook
 from ._validation import non_empty_str, positive_int, to_seconds
 
@@ -52,7 +52,7 @@ class _Waiting(_PoolBase):
 
     def __init__(self, *args: Any, timeout: float | None = 20.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connection_class = prompt_writes(self.connection_class)
+        self.connection_class = lean_connection(self.connection_class)
         self.timeout = timeout
         self._permits = asyncio.Semaphore(self.max_connections)
         # Connections that hold a permit; release() returns the permit of these only,
@@ -261,11 +261,11 @@ async def connect_cluster(
     settings = _settings(seconds, max_connections, retries, health_check_interval, options)
     with _invalid_url(url):
         client = RedisCluster.from_url(url, **settings)
-    _prompt_cluster(client)
+    _lean_cluster(client)
     return await _checked(client, url, seconds, load_scripts=load_scripts)
 
 
-def _prompt_cluster(client: RedisCluster) -> None:
+def _lean_cluster(client: RedisCluster) -> None:
     """Make the cluster's node connections write as :func:`connect`'s do (``_fastpath``).
 
     Nodes found later are built from the nodes manager's connection settings; the
@@ -273,9 +273,9 @@ def _prompt_cluster(client: RedisCluster) -> None:
     """
     manager = client.nodes_manager
     shared = manager.connection_kwargs
-    shared["connection_class"] = prompt_writes(shared.get("connection_class", Connection))
+    shared["connection_class"] = lean_connection(shared.get("connection_class", Connection))
     for node in manager.startup_nodes.values():
-        node.connection_class = prompt_writes(node.connection_class)
+        node.connection_class = lean_connection(node.connection_class)
 
 
 async def connect_sentinel(

@@ -12,12 +12,14 @@ Where the client encodes text as hiredis does, a command is also packed by
 hiredis in C rather than by the asyncio connection's Python packer (0.8 against
 5.9 µs for an EVALSHA with six arguments).
 
-And with a socket timeout set, as :func:`connect` sets one, redis-py's asyncio
-connection writes every command through ``asyncio.wait_for``, which on Python
-3.11 runs the write in a new ``Task``: about 20 µs of CPU and an event-loop turn
-per command, mostly spent before the command reaches the socket.
-:func:`prompt_writes` writes in the caller's task and bounds the wait only when
-the socket does not take the command at once.
+The connections of :func:`connect` (:func:`lean_connection`) pack the same way,
+so ``execute_command``, pipelines and autopipeline batches gain too. And with a
+socket timeout set, as :func:`connect` sets one, redis-py's asyncio connection
+writes every command through ``asyncio.wait_for``, which on Python 3.11 runs the
+write in a new ``Task``: about 20 µs of CPU and an event-loop turn per command,
+mostly spent before the command reaches the socket. These connections write in
+the caller's task and bound the wait only when the socket does not take the
+command at once.
 
 The short paths here keep what matters: the connection's own ``Retry``, its
 health check, the pool's readiness check (``ensure_connection``), and
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -40,7 +42,15 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Direct", "Send", "direct", "metrics_on", "prompt_writes", "sender"]
+__all__ = [
+    "Direct",
+    "Send",
+    "direct",
+    "lean_connection",
+    "metrics_on",
+    "packed_by_hiredis",
+    "sender",
+]
 
 Send = Callable[[tuple[Any, ...]], Awaitable[Any]]
 """Sends one command, given as its arguments, and returns the reply."""
@@ -94,11 +104,45 @@ def sender(client: Any) -> Send:
 
 def _utf8_strict(options: dict[str, Any]) -> bool:
     """Whether connections made with *options* encode text as hiredis does: UTF-8, strict."""
+    return _encodes_as_hiredis(
+        options.get("encoding", "utf-8"), options.get("encoding_errors", "strict")
+    )
+
+
+@cache
+def _encodes_as_hiredis(encoding: str, errors: str) -> bool:
     try:
-        encoding = codecs.lookup(options.get("encoding", "utf-8")).name
+        name = codecs.lookup(encoding).name
     except LookupError:
         return False
-    return encoding == "utf-8" and options.get("encoding_errors", "strict") == "strict"
+    return name == "utf-8" and errors == "strict"
+
+
+_ONE_WORD: dict[str, bool] = {}
+
+
+def packed_by_hiredis(args: tuple[Any, ...]) -> bytes | None:
+    """*args* packed as one command by hiredis, or None where redis-py must pack them.
+
+    None for a type hiredis refuses (redis-py packs it, or raises its usual
+    ``DataError``) and for a command name that redis-py would split into words
+    (``"CONFIG GET"``). Call it only for text encoded as UTF-8, strict.
+    """
+    name = args[0]
+    if type(name) is not str:
+        return None
+    one_word = _ONE_WORD.get(name)
+    if one_word is None:
+        one_word = name.split() == [name]
+        if len(_ONE_WORD) < 4096:  # command names are few; never grow without bound
+            _ONE_WORD[name] = one_word
+    if not one_word:
+        return None
+    try:
+        packed: bytes = _hiredis_pack(args)
+    except TypeError:
+        return None
+    return packed
 
 
 class Direct:
@@ -133,13 +177,8 @@ class Direct:
             await pool.release(connection)
 
     async def _exchange(self, connection: AbstractConnection, args: tuple[Any, ...]) -> Any:
-        packed: bytes | list[bytes]
-        if self._hiredis:
-            try:
-                packed = _hiredis_pack(args)
-            except TypeError:  # redis-py packs it, or raises DataError naming the type
-                packed = connection.pack_command(*args)
-        else:
+        packed: bytes | list[bytes] | None = packed_by_hiredis(args) if self._hiredis else None
+        if packed is None:
             packed = connection.pack_command(*args)
         await connection.send_packed_command(packed)
         return await connection.read_response()
@@ -150,10 +189,12 @@ async def _drop(connection: AbstractConnection, _error: BaseException) -> None:
     await connection.disconnect()
 
 
-class _PromptWrite(AbstractConnection):
-    """``send_packed_command`` without a ``Task`` per command; mixed in by :func:`prompt_writes`.
+class _LeanConnection(AbstractConnection):
+    """A connection that packs with hiredis and writes in the caller's task.
 
-    It writes as redis-py does (``StreamWriter.writelines``), in the caller's task.
+    Mixed in by :func:`lean_connection`. A command is packed by hiredis where the
+    client encodes text as UTF-8, strict (:func:`packed_by_hiredis`), else by
+    redis-py. It is written in the caller's task, with no ``Task`` per command.
     Only when the transport keeps part of the command buffered, so that the drain
     may wait for the server to read, is that wait bounded by ``socket_timeout``. On
     a timeout, a socket error or a cancellation the connection is dropped and
@@ -200,6 +241,14 @@ class _PromptWrite(AbstractConnection):
                 raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
             raise
 
+    def pack_command(self, *args: Any) -> list[bytes]:
+        encoder = self.encoder
+        if _encodes_as_hiredis(encoder.encoding, encoder.encoding_errors):
+            packed = packed_by_hiredis(args)
+            if packed is not None:
+                return [packed]
+        return super().pack_command(*args)
+
     async def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._abort_unsent()
         await super().disconnect(*args, **kwargs)
@@ -218,15 +267,15 @@ class _PromptWrite(AbstractConnection):
 
 
 _C = TypeVar("_C", bound=AbstractConnection)
-_PROMPT: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_LEAN: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def prompt_writes(connection_class: type[_C]) -> type[_C]:
-    """*connection_class* writing as :class:`_PromptWrite` does; one subclass per class."""
-    if issubclass(connection_class, _PromptWrite):
+def lean_connection(connection_class: type[_C]) -> type[_C]:
+    """*connection_class* packing and writing as :class:`_LeanConnection` does (one per class)."""
+    if issubclass(connection_class, _LeanConnection):
         return connection_class
-    prompt = _PROMPT.get(connection_class)
+    prompt = _LEAN.get(connection_class)
     if prompt is None:
-        prompt = type(connection_class.__name__, (_PromptWrite, connection_class), {})
-        _PROMPT[connection_class] = prompt
+        prompt = type(connection_class.__name__, (_LeanConnection, connection_class), {})
+        _LEAN[connection_class] = prompt
     return cast("type[_C]", prompt)

@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import DataError, MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aioredis_patterns import (
@@ -202,6 +204,45 @@ class TestPool:
         await anyio.to_thread.run_sync(redis_server.restart)
         assert await client.set("k", "after")
         assert await client.get("k") == b"after"
+        await client.aclose()
+
+    async def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(
+        self, redis_url: str
+    ) -> None:
+        """Packing by hiredis gives redis-py's bytes for every argument type, names split."""
+        client = await connect(redis_url)
+        connection = await client.connection_pool.get_connection()
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", "a" * 40, 1, "k", -5, 2**70, 0.1, 1e20, float("inf"), "héllo"),
+            ("SET", b"k", b"\x00\xff", "PX", 1500),
+            ("SET", "big", b"x" * 100_000),
+            ("CONFIG GET", "maxmemory"),
+            (b"GET", "k"),
+            ("SET", "k", bytearray(b"ba")),
+            ("SET", "k", memoryview(b"mv")),
+        ]
+        try:
+            for command in commands:
+                ours = b"".join(connection.pack_command(*command))
+                theirs = b"".join(AbstractConnection.pack_command(connection, *command))
+                assert ours == theirs, command
+            with pytest.raises(DataError):
+                connection.pack_command("SET", "k", True)
+        finally:
+            await client.connection_pool.release(connection)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("pool:text", "héllo").set("pool:float", 0.1).get("pool:text")
+            pipe.execute_command("CONFIG GET", "maxmemory")
+            replies = await pipe.execute()
+        assert replies[:3] == [True, True, "héllo".encode()]
+        assert await client.get("pool:float") == b"0.1"
+        await client.aclose()
+
+    async def test_a_latin1_client_sends_its_own_encoding(self, redis_url: str) -> None:
+        """A client that encodes text as latin-1 sends latin-1 bytes, not hiredis' UTF-8."""
+        client = await connect(redis_url, encoding="latin-1")
+        await client.set("pool:latin", "é")
+        assert await client.get("pool:latin") == b"\xe9"
         await client.aclose()
 
     async def test_a_unix_socket_url_connects(
