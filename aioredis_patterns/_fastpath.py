@@ -33,7 +33,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Awaitable, Callable, Iterable
 from functools import cache, partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 from hiredis import pack_command as _hiredis_pack
@@ -41,6 +41,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from redis._parsers.encoders import Encoder  # what a connection's .encoder is
 
 __all__ = [
     "Direct",
@@ -102,13 +105,6 @@ def sender(client: Any) -> Send:
     return through_client
 
 
-def _utf8_strict(options: dict[str, Any]) -> bool:
-    """Whether connections made with *options* encode text as hiredis does: UTF-8, strict."""
-    return _encodes_as_hiredis(
-        options.get("encoding", "utf-8"), options.get("encoding_errors", "strict")
-    )
-
-
 @cache
 def _encodes_as_hiredis(encoding: str, errors: str) -> bool:
     try:
@@ -121,13 +117,16 @@ def _encodes_as_hiredis(encoding: str, errors: str) -> bool:
 _ONE_WORD: dict[str, bool] = {}
 
 
-def packed_by_hiredis(args: tuple[Any, ...]) -> bytes | None:
+def packed_by_hiredis(encoder: Encoder, args: tuple[Any, ...]) -> bytes | None:
     """*args* packed as one command by hiredis, or None where redis-py must pack them.
 
-    None for a type hiredis refuses (redis-py packs it, or raises its usual
-    ``DataError``) and for a command name that redis-py would split into words
-    (``"CONFIG GET"``). Call it only for text encoded as UTF-8, strict.
+    None where *encoder* (a connection's) encodes text other than as hiredis does
+    (UTF-8, strict), for a type hiredis refuses (redis-py packs it, or raises its
+    usual ``DataError``) and for a command name that redis-py would split into
+    words (``"CONFIG GET"``).
     """
+    if not _encodes_as_hiredis(encoder.encoding, encoder.encoding_errors):
+        return None
     name = args[0]
     if type(name) is not str:
         return None
@@ -153,17 +152,16 @@ class Direct:
     error is raised as redis-py's exception for it. For commands that redis-py
     gives no response callback (EVALSHA, EVAL, GET), whose reply is the result.
 
-    Commands are packed by hiredis in C when the pool's connections encode text as
-    it does (UTF-8, strict): 0.8 µs for an EVALSHA with six arguments against
+    Commands are packed by hiredis in C when the connection encodes text as it
+    does (UTF-8, strict): 0.8 µs for an EVALSHA with six arguments against
     5.9 µs for redis-py's asyncio connection, which packs in Python. An argument
     hiredis refuses is packed by redis-py, which raises its usual ``DataError``.
     """
 
-    __slots__ = ("_hiredis", "_pool")
+    __slots__ = ("_pool",)
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
-        self._hiredis = _utf8_strict(pool.connection_kwargs)
 
     async def send(self, args: tuple[Any, ...]) -> Any:
         """Send *args* as one command and return its reply, unparsed."""
@@ -177,7 +175,7 @@ class Direct:
             await pool.release(connection)
 
     async def _exchange(self, connection: AbstractConnection, args: tuple[Any, ...]) -> Any:
-        packed: bytes | list[bytes] | None = packed_by_hiredis(args) if self._hiredis else None
+        packed: bytes | list[bytes] | None = packed_by_hiredis(connection.encoder, args)
         if packed is None:
             packed = connection.pack_command(*args)
         await connection.send_packed_command(packed)
@@ -242,12 +240,10 @@ class _LeanConnection(AbstractConnection):
             raise
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        encoder = self.encoder
-        if _encodes_as_hiredis(encoder.encoding, encoder.encoding_errors):
-            packed = packed_by_hiredis(args)
-            if packed is not None:
-                return [packed]
-        return super().pack_command(*args)
+        packed = packed_by_hiredis(self.encoder, args)
+        if packed is None:
+            return super().pack_command(*args)
+        return [packed]
 
     async def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._abort_unsent()
