@@ -258,6 +258,14 @@ class ScriptBook:
         except ResponseError as exc:
             raise self.translate(name, exc) from exc
 
+    async def send_command(self, *args: Any) -> Any:
+        """Send one plain command on the path :meth:`run` uses, and return the raw reply.
+
+        For commands whose reply needs no parsing (``SET ... NX``, ``GET``): redis-py's
+        reply callbacks are not applied.
+        """
+        return await self._send(args)
+
     def queue(
         self, pipe: Any, name: str, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()
     ) -> None:

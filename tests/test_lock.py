@@ -14,7 +14,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aioredis_patterns import (
@@ -234,6 +235,83 @@ class TestAcquireRelease:
             await lock.acquire()
         assert await redis.exists("lock:job") == 0
         assert not lock.held
+
+
+class TestWithoutFencing:
+    async def test_an_acquire_is_a_plain_set_nx_px_and_draws_no_token(
+        self, topology: Redis | RedisCluster
+    ):
+        """fencing=False: the key holds the token with PX, no counter is made, no token is read."""
+        lock = AsyncLock(topology, "order:9", ttl=10, fencing=False)
+        async with lock:
+            token = await value_of(topology, "lock:order:9")
+            assert token is not None and len(token) == 32
+            assert 9000 < await topology.pttl("lock:order:9") <= 10000
+            with pytest.raises(LockError, match="fencing=False"):
+                _ = lock.fencing_token
+        assert await topology.exists("lock:order:9", "{lock:order:9}:fence") == 0
+
+    async def test_fencing_and_plain_locks_on_one_name_exclude_each_other(self, redis: Redis):
+        """A fencing=False holder refuses a fencing one, and the other way round."""
+        plain = AsyncLock(redis, "job", ttl=10, fencing=False, blocking=False)
+        fenced = AsyncLock(redis, "job", ttl=10, blocking=False)
+        assert await plain.acquire()
+        assert not await fenced.acquire()
+        assert await plain.release()
+        assert await fenced.acquire()
+        assert not await plain.acquire()
+        assert fenced.fencing_token == 1
+        assert await fenced.release()
+
+    async def test_a_refused_blocking_acquire_leaves_the_waiter_flag_before_it_waits(
+        self, redis: Redis, redis_url: str
+    ):
+        """The plain SET leaves no flag; a waiter retries with the script at once, then blocks."""
+        sent: list[bytes] = []
+
+        class Recording(Connection):
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                packed = command if isinstance(command, bytes) else b"".join(command)
+                sent.append(packed.split(b"\r\n")[2].upper())
+                await super().send_packed_command(command, check_health)
+
+        holder = AsyncLock(redis, "job", ttl=10, fencing=False)
+        assert await holder.acquire()
+        assert not await AsyncLock(redis, "job", ttl=10, fencing=False).acquire(blocking=False)
+        assert await redis.exists("{lock:job}:waiting") == 0
+        recorded = Redis.from_pool(ConnectionPool.from_url(redis_url, connection_class=Recording))
+        waiter = AsyncLock(recorded, "job", ttl=10, fencing=False, timeout=5)
+        got_at: list[float] = []
+
+        async def wait() -> None:
+            assert await waiter.acquire()
+            got_at.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.3)
+            assert await redis.exists("{lock:job}:waiting") == 1
+            released_at = time.monotonic()
+            assert await holder.release()
+        handshake = {b"HELLO", b"CLIENT", b"SELECT", b"AUTH", b"PING"}
+        assert [name for name in sent if name not in handshake][:3] == [
+            b"SET",
+            b"EVALSHA",
+            b"BLPOP",
+        ]
+        assert waiter.stats.wakeups == 1
+        assert got_at[0] - released_at < 0.5
+        assert await redis.exists("{lock:job}:fence") == 0
+        await waiter.release()
+        await recorded.aclose()
+
+    async def test_the_acquire_script_refuses_a_bad_fencing_flag(self, redis: Redis):
+        """lock_acquire with ARGV[4] neither 0 nor 1 raises InvalidArgument and sets nothing."""
+        book = ScriptBook.for_client(redis)
+        keys = ("lock:job", "{lock:job}:fence", "{lock:job}:waiting")
+        with pytest.raises(InvalidArgument, match="fencing flag"):
+            await book.run("lock_acquire", keys, ("token", 1000, 1000, "yes"))
+        assert await redis.exists(*keys) == 0
 
 
 class TestWaitLines:
@@ -603,13 +681,14 @@ class TestExceptionsAndCancellation:
 
 
 class TestWakeOnRelease:
+    @pytest.mark.parametrize("fencing", [True, False])
     async def test_twenty_contenders_get_the_lock_milliseconds_after_each_release(
-        self, redis_url: str
+        self, redis_url: str, fencing: bool
     ):
         """20 clients (as 20 processes) contend: each gets the lock just after a release."""
         clients = [Redis.from_url(redis_url) for _ in range(20)]
         events: list[tuple[float, float]] = []  # (acquired at, release started at)
-        locks = [AsyncLock(c, "hot", ttl=10) for c in clients]
+        locks = [AsyncLock(c, "hot", ttl=10, fencing=fencing) for c in clients]
 
         async def contender(lock: AsyncLock) -> None:
             async with lock:

@@ -193,6 +193,18 @@ class TestLock:
         )
         assert (acquired, round_trips, scripts) == (False, 1, ONE_EVALSHA)
 
+    async def test_acquire_without_fencing_is_one_plain_set(self, counted: Counted) -> None:
+        """With fencing=False, acquire() of a free lock is one SET NX PX and no script."""
+        lock = AsyncLock(counted.client, "order:5", ttl=10, fencing=False)
+        sets_before = (await command_calls(counted.client, "set"))["set"]
+        acquired, round_trips, scripts = await counted.measure(
+            lambda: lock.acquire(blocking=False)
+        )
+        sets = (await command_calls(counted.client, "set"))["set"] - sets_before
+        assert (acquired, round_trips, scripts, sets) == (True, 1, {}, 1)
+        released, round_trips, scripts = await counted.measure(lock.release)
+        assert (released, round_trips, scripts) == (True, 1, ONE_EVALSHA)
+
     async def test_extend_is_one_round_trip(self, counted: Counted) -> None:
         """extend() of a held lock costs one EVALSHA."""
         lock = AsyncLock(counted.client, "order:4", ttl=10)

@@ -46,19 +46,30 @@ DEFAULT_SLEEP: Sleep = anyio.sleep
 class Attempt:
     """The outcome of one acquire attempt on the storage."""
 
-    __slots__ = ("acquired", "fence", "hint")
+    __slots__ = ("acquired", "fence", "flagged", "hint")
 
-    def __init__(self, acquired: bool, fence: int = 0, hint: float | None = None) -> None:
+    def __init__(
+        self,
+        acquired: bool,
+        fence: int | None = None,
+        hint: float | None = None,
+        *,
+        flagged: bool = True,
+    ) -> None:
         self.acquired = acquired
         self.fence = fence
+        """When acquired: the fencing token drawn, or None when none was."""
         self.hint = hint
         """When not acquired: seconds until the holder's key expires, if known."""
+        self.flagged = flagged
+        """When not acquired: whether the attempt left the waiter flag, so a release wakes us."""
 
 
 class Holder(ABC):
     """Base of the three lock types. Not public: the subclasses document the interface."""
 
     _kind = "lock"
+    _fencing = True
 
     def __init__(
         self,
@@ -104,8 +115,13 @@ class Holder(ABC):
     # -- what a subclass provides ------------------------------------------------
 
     @abstractmethod
-    async def _try(self, token: str) -> Attempt:
-        """One acquire attempt with *token*. Must leave nothing behind when it fails."""
+    async def _try(self, token: str, *, waiting: bool) -> Attempt:
+        """One acquire attempt with *token*. Must leave nothing behind when it fails.
+
+        When *waiting*, a refused attempt must leave the waiter flag, so that the
+        release wakes this waiter; otherwise it may skip it and say so in the
+        :class:`Attempt`.
+        """
 
     @abstractmethod
     async def _extend_token(self, token: str, ttl_ms: int) -> bool:
@@ -159,8 +175,11 @@ class Holder(ABC):
         (a long GC pause, a partition) from overwriting its successor's work.
 
         Raises:
-            LockError: this instance has never acquired the lock.
+            LockError: this instance has never acquired the lock, or it was made
+                with ``fencing=False``.
         """
+        if not self._fencing:
+            raise LockError(f"lock {self._name!r} draws no fencing tokens (fencing=False)")
         if self._fence is None:
             raise LockError(f"lock {self._name!r} has not been acquired by this instance")
         return self._fence
@@ -215,15 +234,17 @@ class Holder(ABC):
 
     async def _acquire(self, block: bool, limit: float | None) -> bool:
         if not block:
-            return (await self._attempt()).acquired
+            return (await self._attempt(waiting=False)).acquired
         deadline = math.inf if limit is None else self._clock() + limit
         first: Attempt | None = None
         if not line_busy(self._line_client, self._kind, self.key):
             # Nobody of this process waits: try at once. Otherwise queue up behind
             # them, so the tasks of one process get the lock first come, first served.
-            first = await self._attempt()
+            first = await self._attempt(waiting=False)
             if first.acquired:
                 return True
+            if not first.flagged:
+                first = None  # no release would wake us: at once, try again as a waiter
         line = line_for(self._line_client, self._kind, self.key)
         turn = line.join()
         try:
@@ -382,11 +403,11 @@ class Holder(ABC):
 
     # -- internals ---------------------------------------------------------------
 
-    async def _attempt(self) -> Attempt:
+    async def _attempt(self, *, waiting: bool) -> Attempt:
         token = secrets.token_hex(16)
         sent = self._clock()
         try:
-            result = await self._try(token)
+            result = await self._try(token, waiting=waiting)
         except BaseException:
             # The attempt may have taken the lock before it failed or was cancelled:
             # give it back (compare-and-delete with this token changes nothing else).
@@ -408,7 +429,7 @@ class Holder(ABC):
         attempt = 0
         while True:
             if pending is None:
-                pending = await self._attempt()
+                pending = await self._attempt(waiting=True)
                 if pending.acquired:
                     return True
             left = deadline - self._clock()

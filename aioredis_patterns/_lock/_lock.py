@@ -53,6 +53,12 @@ class AsyncLock(Holder):
         scripts: the :class:`ScriptBook` to use (default: the client's shared book).
         max_extensions: the watchdog extends at most this many times per hold.
         max_hold: the body is cancelled this long after the acquire at the latest.
+        fencing: draw a fencing token with each acquire (an ``INCR`` in the acquire
+            script). With ``fencing=False`` an acquire is one plain
+            ``SET key token NX PX ttl``, the command redis-py's Lock and the seed's
+            Go lock send, and :attr:`fencing_token` raises :class:`LockError`.
+            A refused acquire that goes on to wait retries at once with the script,
+            which leaves the waiter flag that makes the release wake it.
         clock: a monotonic clock in seconds (for tests).
         sleep: the sleep matching *clock* (for tests).
 
@@ -76,6 +82,7 @@ class AsyncLock(Holder):
         scripts: ScriptBook | None = None,
         max_extensions: int | None = None,
         max_hold: Duration | None = None,
+        fencing: bool = True,
         clock: Clock = DEFAULT_CLOCK,
         sleep: Sleep = DEFAULT_SLEEP,
     ) -> None:
@@ -93,6 +100,7 @@ class AsyncLock(Holder):
         )
         self._client = client
         self._book = scripts or ScriptBook.for_client(client)
+        self._fencing = bool(fencing)
 
     @property
     def _line_client(self) -> Any:
@@ -111,14 +119,18 @@ class AsyncLock(Holder):
         """True when anyone holds the lock now (one EXISTS)."""
         return bool(await self._client.exists(self._key))
 
-    async def _try(self, token: str) -> Attempt:
+    async def _try(self, token: str, *, waiting: bool) -> Attempt:
+        if not (self._fencing or waiting):
+            # the seed's acquire: no script, no counter, and no waiter flag when refused
+            reply = await self._book.send_command("SET", self._key, token, "NX", "PX", self._ttl_ms)
+            return Attempt(reply is not None, flagged=False)
         acquired, value = await self._book.run(
             "lock_acquire",
             (self._key, self._fence_key, self._waiter_key),
-            (token, self._ttl_ms, WAITER_FLAG_TTL_MS),
+            (token, self._ttl_ms, WAITER_FLAG_TTL_MS, "1" if self._fencing else "0"),
         )
         if acquired == 1:
-            return Attempt(True, fence=int(value))
+            return Attempt(True, fence=int(value) if self._fencing else None)
         return Attempt(False, hint=value / 1000 if value >= 0 else None)
 
     async def _extend_token(self, token: str, ttl_ms: int) -> bool:

@@ -165,7 +165,7 @@ class AsyncRedlock(Holder):
         _raise_bugs(answers)
         return answers
 
-    async def _try(self, token: str) -> Attempt:
+    async def _try(self, token: str, *, waiting: bool) -> Attempt:
         started = self._clock()
         keys = (self._key, self._fence_key, self._waiter_key)
         args = (token, self._ttl_ms, WAITER_FLAG_TTL_MS)

@@ -110,7 +110,7 @@ class AsyncSemaphore(Holder):
         live, owned = await self._book.run("semaphore_state", (self._key,), (token,))
         return int(live), owned == 1
 
-    async def _try(self, token: str) -> Attempt:
+    async def _try(self, token: str, *, waiting: bool) -> Attempt:
         admitted, value = await self._book.run(
             "semaphore_acquire",
             (self._key, self._fence_key, self._waiter_key),

@@ -64,7 +64,7 @@ class Lease:
     """What one holder knows about one acquisition. Times are readings of its clock."""
 
     token: str
-    fence: int
+    fence: int | None
     acquired_at: float
     """When the acquire that won was sent."""
     renewed_at: float = 0.0
