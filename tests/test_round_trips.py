@@ -197,9 +197,7 @@ class TestLock:
         """With fencing=False, acquire() of a free lock is one SET NX PX and no script."""
         lock = AsyncLock(counted.client, "order:5", ttl=10, fencing=False)
         sets_before = (await command_calls(counted.client, "set"))["set"]
-        acquired, round_trips, scripts = await counted.measure(
-            lambda: lock.acquire(blocking=False)
-        )
+        acquired, round_trips, scripts = await counted.measure(lambda: lock.acquire(blocking=False))
         sets = (await command_calls(counted.client, "set"))["set"] - sets_before
         assert (acquired, round_trips, scripts, sets) == (True, 1, {}, 1)
         released, round_trips, scripts = await counted.measure(lock.release)

@@ -365,7 +365,13 @@ class Holder(ABC):
         swallowed = False
         try:
             try:
-                if isinstance(exc, cancelled):
+                if not dog.started:
+                    # No task ever ran in the group and none can start now, so the
+                    # group is only its cancel scope, which only the watchdog cancels:
+                    # it swallows nothing. Closing the scope alone skips the group's
+                    # exit checkpoint, an event-loop turn on every short hold.
+                    tg.cancel_scope.__exit__(exc_type, exc, tb)
+                elif isinstance(exc, cancelled):
                     # Let the task group's scope absorb the cancellation it caused;
                     # a cancellation from outside is re-raised by it, untouched.
                     swallowed = await tg.__aexit__(exc_type, exc, tb)

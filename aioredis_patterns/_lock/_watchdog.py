@@ -7,8 +7,8 @@ the block's body; the holder then raises :class:`LockLost`.
 
 Its task is not started with the block: an event-loop timer starts it in the
 block's task group when its first wake-up is due. A hold shorter than a third of
-the ttl, the common case, never creates a task, and costs no more than
-``acquire()`` and ``release()``.
+the ttl, the common case, never creates a task, and its block then closes the
+group's cancel scope without the group's exit checkpoint.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ class Watchdog:
         "_timer",
         "error",
         "lost",
+        "started",
     )
 
     def __init__(
@@ -183,6 +184,8 @@ class Watchdog:
         self._group: TaskGroup | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        self.started = False
+        """True once the watchdog's task was started in the group."""
         self.lost = False
         """True once the lease was lost and the body cancelled."""
         self.error: BaseException | None = None
@@ -221,6 +224,7 @@ class Watchdog:
     def _start(self) -> None:
         self._timer = None
         if not self._stopped and self._group is not None:
+            self.started = True
             self._group.start_soon(self.run, name=f"lock watchdog {self._name!r}")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
