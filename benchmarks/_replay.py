@@ -1,12 +1,13 @@
 """The floor of a script-based operation: the same EVALSHA calls, sent raw with redis-py.
 
 A pattern's operation is recorded twice, on two key ids, through a ScriptBook that
-notes every ``run``. Comparing the two recordings tells, for each key and argument,
-whether it is a constant, depends on the key id, or is made fresh for each call (a
-lock token, a sliding-log member). The replay then sends the very same scripts with
-``client.execute_command("EVALSHA", ...)``, substituting the key id and a cheap
-per-call unique string, with no validation, no result parsing and no objects: what a
-careful engineer would write by hand.
+notes every ``run``, and every plain command it sends (a lock's ``SET NX``).
+Comparing the two recordings tells, for each key and argument, whether it is a
+constant, depends on the key id, or is made fresh for each call (a lock token, a
+sliding-log member). The replay then sends the very same scripts and commands with
+``client.execute_command``, substituting the key id and a cheap per-call unique
+string, with no validation, no result parsing and no objects: what a careful
+engineer would write by hand.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ class Call:
     name: str
     keys: tuple[Arg, ...]
     args: tuple[Arg, ...]
+    script: bool = True
+    """False for a plain command: *name* is the command, *args* the rest of it."""
 
 
 class RecordingBook(ScriptBook):
-    """A ScriptBook that notes each script call before running it."""
+    """A ScriptBook that notes each script call and plain command before sending it."""
 
     def __init__(self, client: Any) -> None:
         super().__init__(client)
@@ -42,6 +45,10 @@ class RecordingBook(ScriptBook):
         args = tuple(args)
         self.calls.append(Call(name, tuple(keys), args))
         return await super().run(name, keys, args)
+
+    async def send_command(self, *args: Any) -> Any:
+        self.calls.append(Call(str(args[0]), (), tuple(args[1:]), script=False))
+        return await super().send_command(*args)
 
 
 Operation = Callable[[ScriptBook, str, str], Awaitable[object]]
@@ -103,20 +110,29 @@ class Replay:
     """Sends the recorded scripts raw, for a given key id and per-call unique string."""
 
     def __init__(
-        self, client: Redis, book: ScriptBook, calls: list[tuple[str, list[_Part], list[_Part]]]
+        self,
+        client: Redis,
+        book: ScriptBook,
+        calls: list[tuple[str, list[_Part], list[_Part], bool]],
     ) -> None:
         self._client = client
         self._calls = calls
-        self._steps = [
+        # each step: the command's fixed head, then the parts filled in per call
+        self._steps: list[tuple[tuple[Any, ...], list[_Part]]] = [
             (
-                "EVALSHA_RO" if book[name].read_only else "EVALSHA",
-                book[name].sha,
-                len(keys),
+                ("EVALSHA_RO" if book[name].read_only else "EVALSHA", book[name].sha, len(keys))
+                if script
+                else (name,),
                 keys + args,
             )
-            for name, keys, args in calls
+            for name, keys, args, script in calls
         ]
-        self.names = [name for name, _, _ in calls]
+        self.names = [name for name, _, _, _ in calls]
+        """The recorded script names and plain command names, in order."""
+        self.label = "raw " + " + ".join(
+            f"EVALSHA {name}" if script else name for name, _, _, script in calls
+        )
+        """How the floor row names itself: ``raw SET + EVALSHA lock_release``."""
 
     @classmethod
     async def build(
@@ -139,17 +155,17 @@ class Replay:
         for a, b in zip(first, second, strict=True):
             keys = _parts(a.keys, b.keys, names, slots)
             args = _parts(a.args, b.args, names, slots)
-            calls.append((a.name, keys, args))
+            calls.append((a.name, keys, args, a.script))
         return cls(client, book, calls)
 
     def arguments(self, key_id: str, unique: str) -> list[tuple[list[Any], list[Any]]]:
         """(keys, args) of each recorded call, for *key_id* and a per-call *unique*."""
         return [
             (_fill(keys, key_id, unique), _fill(args, key_id, unique))
-            for _, keys, args in self._calls
+            for _, keys, args, _ in self._calls
         ]
 
     async def __call__(self, key_id: str, unique: str) -> None:
         execute: Callable[..., Awaitable[Any]] = self._client.execute_command
-        for command, sha, numkeys, parts in self._steps:
-            await execute(command, sha, numkeys, *_fill(parts, key_id, unique))
+        for head, parts in self._steps:
+            await execute(*head, *_fill(parts, key_id, unique))

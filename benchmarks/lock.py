@@ -1,9 +1,14 @@
-"""AsyncLock: uncontended acquire+release, against raw EVALSHAs and the peer locks.
+"""AsyncLock: uncontended acquire+release, against raw commands and the peer locks.
 
 Each worker has its own lock name, so the lock is never contended: this measures
 the cost of taking and giving back a free lock. The peers are redis-py's asyncio
 ``Lock`` and pottery's ``AIORedlock`` (both on the same client as ours) and
-aioredlock (on its own aioredis 1.x connections).
+aioredlock (on its own aioredis 1.x connections), plus the seed's Go lock ported
+as written and its minimal form.
+
+None of the peers draws a fencing token, so each lock row is measured twice: with
+AsyncLock's default (an acquire script that INCRs the fencing counter) and with
+``fencing=False``, which does the peers' job (an acquire that is one ``SET NX PX``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ from ._replay import Replay
 TITLE = "AsyncLock"
 TTL = 30.0
 
-# The seed's unlock: compare-and-delete. With SET NX PX it is the minimal correct
-# lock (no fencing token, no wake-on-release signal).
+# The seed's DistributedLock (its "correct implementation"), as written: Lock runs
+# this script, Unlock the compare-and-delete below (no fencing token, no wake-up).
+_SEED_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+# The seed's unlock: compare-and-delete. With a plain SET NX PX to acquire it is the
+# minimal correct lock, and the commands redis-py's Lock sends.
 _SEED_UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -35,42 +48,68 @@ async def build(bench: Bench) -> Group:
     client = bench.client
     ours, _ = bench.ours
 
-    def run_with(book: ScriptBook, key_id: str, _unique: str) -> Awaitable[object]:
-        async def cycle() -> None:
-            lock = AsyncLock(client, f"bench:{key_id}", ttl=TTL, scripts=book)
-            if not await lock.acquire(blocking=False):
-                raise RuntimeError("the recording lock was not free")
-            await lock.release()
+    def recorded(fencing: bool) -> Callable[[ScriptBook, str, str], Awaitable[object]]:
+        def run_with(book: ScriptBook, key_id: str, _unique: str) -> Awaitable[object]:
+            lock = AsyncLock(client, f"bench:{key_id}", ttl=TTL, scripts=book, fencing=fencing)
+            return _cycle(lock)
 
-        return cycle()
+        return run_with
 
-    replay = await Replay.build(client, bench.book, run_with)
+    replay = await Replay.build(client, bench.book, recorded(fencing=True))
+    plain_replay = await Replay.build(client, bench.book, recorded(fencing=False))
+    seed_lock = await client.script_load(_SEED_LOCK)
     seed_unlock = await client.script_load(_SEED_UNLOCK)
+    seed = Case(
+        "seed DistributedLock as written: EVALSHA lock + EVALSHA unlock",
+        _seed(client, seed_unlock, lock_sha=seed_lock),
+    )
+    minimal = Case(
+        "raw SET NX PX + EVALSHA compare-and-delete (minimal lock)", _seed(client, seed_unlock)
+    )
 
     acquire_release = Comparison(
         name="lock acquire+release",
-        ours=Case("AsyncLock.acquire(blocking=False) + release", _ours(ours)),
-        floor=Case(f"raw EVALSHA {' + '.join(replay.names)}", _floor(replay)),
+        ours=Case("AsyncLock.acquire(blocking=False) + release", _ours(ours, fencing=True)),
+        floor=Case(replay.label, _floor(replay)),
         round_trips=2,
         peers=[
-            Case(
-                "raw SET NX PX + EVALSHA compare-and-delete (seed lock)", _seed(client, seed_unlock)
-            ),
+            seed,
+            minimal,
             await _redis_py_lock(bench, context=False),
             await _pottery(bench, context=False),
             await _aioredlock(bench, watchdog=False),
         ],
     )
+    plain = Comparison(
+        name="lock acquire+release, fencing=False",
+        ours=Case(
+            "AsyncLock(fencing=False).acquire(blocking=False) + release",
+            _ours(ours, fencing=False),
+        ),
+        floor=Case(plain_replay.label, _floor(plain_replay)),
+        round_trips=2,
+        peers=[seed, minimal, await _redis_py_lock(bench, context=False)],
+    )
     context = Comparison(
         name="lock async with (watchdog)",
-        ours=Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours)),
-        floor=Case(f"raw EVALSHA {' + '.join(replay.names)}", _floor(replay)),
+        ours=Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours, fencing=True)),
+        floor=Case(replay.label, _floor(replay)),
         round_trips=2,
         peers=[
             await _redis_py_lock(bench, context=True),
             await _pottery(bench, context=True),
             await _aioredlock(bench, watchdog=True),
         ],
+    )
+    plain_context = Comparison(
+        name="lock async with (watchdog), fencing=False",
+        ours=Case(
+            "async with AsyncLock(fencing=False) (auto-extend watchdog)",
+            _ours_context(ours, fencing=False),
+        ),
+        floor=Case(plain_replay.label, _floor(plain_replay)),
+        round_trips=2,
+        peers=[await _redis_py_lock(bench, context=True)],
     )
 
     def scaled(key_id: str) -> Awaitable[object]:
@@ -84,7 +123,7 @@ async def build(bench: Bench) -> Group:
     return Group(
         key="lock",
         title=TITLE,
-        comparisons=[acquire_release, context],
+        comparisons=[acquire_release, plain, context, plain_context],
         scaling=[ScalingCase("AsyncLock(...) acquire+release, new instance", prepare, scaled)],
         profile=acquire_release,
     )
@@ -96,17 +135,17 @@ async def _cycle(lock: AsyncLock) -> None:
     await lock.release()
 
 
-def _ours(client: Redis) -> OpFactory:
+def _ours(client: Redis, *, fencing: bool) -> OpFactory:
     def make(worker: int) -> Op:
-        lock = AsyncLock(client, f"bench:{worker}", ttl=TTL)
+        lock = AsyncLock(client, f"bench:{fencing}:{worker}", ttl=TTL, fencing=fencing)
         return lambda: _cycle(lock)
 
     return make
 
 
-def _ours_context(client: Redis) -> OpFactory:
+def _ours_context(client: Redis, *, fencing: bool) -> OpFactory:
     def make(worker: int) -> Op:
-        lock = AsyncLock(client, f"bench:with:{worker}", ttl=TTL)
+        lock = AsyncLock(client, f"bench:with:{fencing}:{worker}", ttl=TTL, fencing=fencing)
 
         async def op() -> None:
             async with lock:
@@ -127,16 +166,22 @@ def _floor(replay: Replay) -> OpFactory:
     return make
 
 
-def _seed(client: Redis, unlock_sha: str) -> OpFactory:
+def _seed(client: Redis, unlock_sha: str, lock_sha: str | None = None) -> OpFactory:
+    """The seed's lock: its lock script when *lock_sha* is given, else a plain SET NX PX."""
     unique = Unique("seed")
     execute: Callable[..., Awaitable[Any]] = client.execute_command
+    ttl_ms = int(TTL * 1000)
 
     def make(worker: int) -> Op:
-        key = f"seed:{worker}"
+        key = f"seed:{lock_sha is not None}:{worker}"
 
         async def op() -> None:
             token = unique()
-            if not await client.set(key, token, nx=True, px=int(TTL * 1000)):
+            if lock_sha is None:
+                taken = await client.set(key, token, nx=True, px=ttl_ms)
+            else:
+                taken = await execute("EVALSHA", lock_sha, 1, key, token, ttl_ms)
+            if not taken:
                 raise RuntimeError(f"{key} was not free")
             await execute("EVALSHA", unlock_sha, 1, key, token)
 
