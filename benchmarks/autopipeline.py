@@ -21,10 +21,15 @@ from ._harness import Bench, Case, Comparison, Group
 TITLE = "autopipeline(): the patterns with concurrent commands in shared pipelines"
 
 # The comparisons to repeat, by module: one of the four atomic operations (they
-# cost the same), both lock rows, every rate-limit algorithm and the cache reads.
+# cost the same), every lock row, every rate-limit algorithm and the cache reads.
 WANTED: dict[ModuleType, tuple[str, ...]] = {
     atomic: ("atomic increment_with_limit",),
-    lock: ("lock acquire+release", "lock async with (watchdog)"),
+    lock: (
+        "lock acquire+release",
+        "lock acquire+release, fencing=False",
+        "lock async with (watchdog)",
+        "lock async with (watchdog), fencing=False",
+    ),
     ratelimit: tuple(f"rate limit {a} allow" for a in ratelimit.ALGORITHMS),
     cache: ("cache get (hit)", "cache get_or_load (hit)"),
 }
