@@ -245,7 +245,8 @@ class TestWithoutFencing:
         lock = AsyncLock(topology, "order:9", ttl=10, fencing=False)
         async with lock:
             token = await value_of(topology, "lock:order:9")
-            assert token is not None and len(token) == 32
+            assert token is not None
+            assert len(token) == 32
             assert 9000 < await topology.pttl("lock:order:9") <= 10000
             with pytest.raises(LockError, match="fencing=False"):
                 _ = lock.fencing_token
