@@ -26,6 +26,11 @@ async def main() -> None:
         async with AsyncLock(client, "order:123", ttl=5, prefix=PREFIX) as lock:
             print(f"holding {lock.key} with fencing token {lock.fencing_token}")
 
+        # Code that never reads the fencing token can skip drawing one: the acquire
+        # is then one plain SET NX PX (the command redis-py's Lock sends), not a script.
+        async with AsyncLock(client, "cache-warmup", ttl=5, prefix=PREFIX, fencing=False):
+            print("holding cache-warmup without a fencing token (one SET NX PX to acquire)")
+
         # Three workers contend; each waits in BLPOP and wakes when the one before
         # releases, so they run back to back, in order, with no polling gap.
         async def worker(n: int) -> None:
