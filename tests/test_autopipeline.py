@@ -176,13 +176,14 @@ class TestBatching:
             results = await gather(*(limiter.allow("user") for _ in range(200)))
         assert sum(r.allowed for r in results) == 50
 
+    @pytest.mark.parametrize("fencing", [True, False])
     async def test_a_lock_serialises_tasks_on_the_piped_client(
-        self, topology: Redis | RedisCluster
+        self, topology: Redis | RedisCluster, fencing: bool
     ) -> None:
         """20 tasks doing read-modify-write under one AsyncLock on the piped client lose nothing."""
 
         async def add_one(client: Redis | RedisCluster) -> None:
-            async with AsyncLock(client, "counter", ttl=5, timeout=10):
+            async with AsyncLock(client, "counter", ttl=5, timeout=10, fencing=fencing):
                 value = int(await client.get("plain") or 0)
                 await anyio.sleep(0.001)  # others run meanwhile, and queue their commands
                 await client.set("plain", value + 1)
