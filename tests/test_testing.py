@@ -14,7 +14,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aioredis_patterns.testing import FaultProxy, RedisClusterServer, RedisServer
+from aioredis_patterns.testing import (
+    FaultProxy,
+    RedisClusterServer,
+    RedisSentinelServer,
+    RedisServer,
+    RedisServerError,
+)
 from aioredis_patterns.testing.pytest_plugin import (
     HOW_TO_PROVIDE_REDIS,
     docker_unavailable_reason,
@@ -101,6 +107,19 @@ class TestRedisServer:
         with pytest.raises(RuntimeError, match="did not start"):
             server.start()
         server.close()
+
+
+class TestSentinelGroup:
+    def test_a_replica_that_cannot_sync_fails_start_with_its_log(self) -> None:
+        """start() names the phase that timed out and quotes the replica's log, then cleans up."""
+        group = RedisSentinelServer(startup_timeout=2.0)
+        group.primary.args = (*group.primary.args, "--requirepass", "not-given-to-the-replica")
+        with pytest.raises(RedisServerError, match="did not sync") as info:
+            group.start()
+        assert "replica's log ends" in str(info.value)
+        assert "NOAUTH" in str(info.value)
+        assert not group.primary.running
+        assert not group.replica.running
 
 
 class TestFaultProxy:

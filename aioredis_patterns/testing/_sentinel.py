@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from pathlib import Path
 
-from ._server import Launcher, RedisServer
+from ._server import Launcher, RedisServer, RedisServerError
 
 __all__ = ["RedisSentinelServer"]
 
@@ -118,8 +119,17 @@ class RedisSentinelServer(Launcher):
                 return int(lines[4])
         return None
 
+    def _replica_log(self) -> str:
+        log = self.replica.logfile
+        if log is None or not log.exists():
+            return "no log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-8:])
+
+    def _in_sync(self) -> bool:
+        return b"master_link_status:up" in _ask(self.replica.port, "INFO", "replication")
+
     def _ready(self) -> bool:
-        if b"master_link_status:up" not in _ask(self.replica.port, "INFO", "replication"):
+        if not self._in_sync():
             return False
         for sentinel in self.sentinels:
             reply = _ask(sentinel.port, "SENTINEL", "REPLICAS", self.service)
@@ -132,13 +142,27 @@ class RedisSentinelServer(Launcher):
         try:
             self.primary.start()
             self.replica.start()
-            for sentinel in self.sentinels:
-                sentinel.start()
-            self._wait_until(
-                self._ready,
-                self.startup_timeout,
-                "the Sentinels did not discover the replica in time",
-            )
+            deadline = time.monotonic() + self.startup_timeout
+            # A Sentinel learns of replicas from the primary's INFO, which it asks for
+            # when it starts and then every 10 s: started after the sync, its first
+            # INFO already lists the replica.
+            try:
+                self._wait_until(
+                    self._in_sync,
+                    self.startup_timeout,
+                    "the replica did not sync with the primary in time",
+                )
+                for sentinel in self.sentinels:
+                    sentinel.start()
+                self._wait_until(
+                    self._ready,
+                    max(1.0, deadline - time.monotonic()),
+                    "the Sentinels did not discover the replica in time",
+                )
+            except RedisServerError as exc:
+                raise RedisServerError(
+                    f"{exc}; the replica's log ends:\n{self._replica_log()}"
+                ) from None
         except BaseException:
             self.close()
             raise
