@@ -67,12 +67,11 @@ async def build(bench: Bench) -> Group:
         "raw SET NX PX + EVALSHA compare-and-delete (minimal lock)", _seed(client, seed_unlock)
     )
 
-    acquire_release = Comparison(
-        name="lock acquire+release",
-        ours=Case("AsyncLock.acquire(blocking=False) + release", _ours(ours, fencing=True)),
-        floor=Case(replay.label, _floor(replay)),
-        round_trips=2,
-        peers=[
+    acquire_release = _cycle_comparison(
+        "lock acquire+release",
+        Case("AsyncLock.acquire(blocking=False) + release", _ours(ours, fencing=True)),
+        replay,
+        [
             seed,
             minimal,
             await _redis_py_lock(bench, context=False),
@@ -80,36 +79,33 @@ async def build(bench: Bench) -> Group:
             await _aioredlock(bench, watchdog=False),
         ],
     )
-    plain = Comparison(
-        name="lock acquire+release, fencing=False",
-        ours=Case(
+    plain = _cycle_comparison(
+        "lock acquire+release, fencing=False",
+        Case(
             "AsyncLock(fencing=False).acquire(blocking=False) + release",
             _ours(ours, fencing=False),
         ),
-        floor=Case(plain_replay.label, _floor(plain_replay)),
-        round_trips=2,
-        peers=[seed, minimal, await _redis_py_lock(bench, context=False)],
+        plain_replay,
+        [seed, minimal, await _redis_py_lock(bench, context=False)],
     )
-    context = Comparison(
-        name="lock async with (watchdog)",
-        ours=Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours, fencing=True)),
-        floor=Case(replay.label, _floor(replay)),
-        round_trips=2,
-        peers=[
+    context = _cycle_comparison(
+        "lock async with (watchdog)",
+        Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours, fencing=True)),
+        replay,
+        [
             await _redis_py_lock(bench, context=True),
             await _pottery(bench, context=True),
             await _aioredlock(bench, watchdog=True),
         ],
     )
-    plain_context = Comparison(
-        name="lock async with (watchdog), fencing=False",
-        ours=Case(
+    plain_context = _cycle_comparison(
+        "lock async with (watchdog), fencing=False",
+        Case(
             "async with AsyncLock(fencing=False) (auto-extend watchdog)",
             _ours_context(ours, fencing=False),
         ),
-        floor=Case(plain_replay.label, _floor(plain_replay)),
-        round_trips=2,
-        peers=[await _redis_py_lock(bench, context=True)],
+        plain_replay,
+        [await _redis_py_lock(bench, context=True)],
     )
 
     def scaled(key_id: str) -> Awaitable[object]:
@@ -126,6 +122,17 @@ async def build(bench: Bench) -> Group:
         comparisons=[acquire_release, plain, context, plain_context],
         scaling=[ScalingCase("AsyncLock(...) acquire+release, new instance", prepare, scaled)],
         profile=acquire_release,
+    )
+
+
+def _cycle_comparison(name: str, ours: Case, replay: Replay, peers: list[Case]) -> Comparison:
+    """A lock cycle (two round trips) next to the raw replay of its commands and *peers*."""
+    return Comparison(
+        name=name,
+        ours=ours,
+        floor=Case(replay.label, _floor(replay)),
+        round_trips=2,
+        peers=peers,
     )
 
 
