@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._harness import ComparisonResult, Measurement
+from ._harness import CONTROL, ComparisonResult, Measurement
 from ._results import RunResult
 
 # --- console ---------------------------------------------------------------------------
@@ -106,6 +106,21 @@ def _machine(meta: Data) -> list[str]:
 
 def _measured(data: Data) -> list[Data]:
     return [g for g in data["groups"] if g["status"] == "ok"]
+
+
+def _control_note(groups: list[Data], tasks: int) -> list[str]:
+    """The bullet quoting this run's A/A control, or nothing when it did not run."""
+    for g in groups:
+        for op in g["operations"] if g["key"] == "floor" else []:
+            if op["name"] == CONTROL and op["floor"] and not op["floor"].get("unavailable"):
+                serial, concurrent = (_d_ratio(op["floor"], m) for m in ("serial", "concurrent"))
+                return [
+                    "- *Noise*: the A/A control runs one raw GET as two cases, measured like "
+                    f"any other pair. In this run it read {serial} serially and {concurrent} "
+                    f"at {tasks} tasks, where a quiet machine would read 1.00x: read ratios "
+                    "that differ by about that much as equal."
+                ]
+    return []
 
 
 def _pattern_rows(groups: list[Data]) -> list[list[str]]:
@@ -259,7 +274,8 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "## How to read this",
         "",
         f"- Each case runs {meta['duration']} s per mode, split into {meta['rounds']} rounds "
-        "interleaved with the other cases of the same operation; the ops/s columns show "
+        "interleaved with the other cases of the same operation, in an order that turns "
+        "by one case each round so that no case always runs first; the ops/s columns show "
         "each case's best round. A ratio is the median, over the rounds, of the two cases' "
         "ops/s in the same round (they ran back to back), so a burst of load from another "
         "process spoils one round's ratio rather than the result. A full garbage "
@@ -267,6 +283,7 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "another one left. "
         f"*serial* is one task awaiting each call; *{tasks} tasks* is {tasks} tasks sharing "
         "one client (for pub/sub: handler tasks, see the notes).",
+        *_control_note(measured, tasks),
         "- Redis runs on the same 2-core machine as the Python process, so both compete "
         "for the cores, as do other processes: see the load average above.",
         "- **ours/floor** is the pattern's ops/s over the raw redis-py call with the same "

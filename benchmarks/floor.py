@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from ._harness import Bench, Case, Comparison, Group, Op, OpFactory
+from ._harness import CONTROL, Bench, Case, Comparison, Group, Op, OpFactory
 
 TITLE = "raw redis-py (the floor)"
 
@@ -87,4 +87,12 @@ async def build(bench: Bench) -> Group:
         )
         for name, factory in rows
     ]
+    # Two cases doing the very same thing, measured like every other pair.
+    comparisons.append(
+        Comparison(
+            name=CONTROL,
+            ours=Case("GET (connect() client)", get(client)),
+            floor=Case("the same GET, as a second case", get(client)),
+        )
+    )
     return Group(key="floor", title=TITLE, comparisons=comparisons)
