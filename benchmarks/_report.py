@@ -8,6 +8,7 @@ from typing import Any
 
 from ._harness import CONTROL, ComparisonResult, Measurement
 from ._results import RunResult
+from ._scaling import scaling_rounds
 
 # --- console ---------------------------------------------------------------------------
 
@@ -278,9 +279,10 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "by one case each round so that no case always runs first; the ops/s columns show "
         "each case's best round. A ratio is the median, over the rounds, of the two cases' "
         "ops/s in the same round (they ran back to back), so a burst of load from another "
-        "process spoils one round's ratio rather than the result. A full garbage "
-        "collection runs before every round, so that no case pays for the garbage "
-        "another one left. "
+        "process spoils one round's ratio rather than the result. A garbage collection "
+        "runs before every case's round, so that no case pays for the garbage another one "
+        "left (it scans what was made since the comparison began; the rest of the heap is "
+        "frozen). "
         f"*serial* is one task awaiting each call; *{tasks} tasks* is {tasks} tasks sharing "
         "one client (for pub/sub: handler tasks, see the notes).",
         *_control_note(measured, tasks),
@@ -373,6 +375,8 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         lines += [f"- {g['title']}: {g['status']}" for g in skipped]
     scaling = _scaling_rows(measured)
     if scaling:
+        scaling_count, seconds = scaling_rounds(meta["duration"], meta["rounds"])
+        scaling_total = round(scaling_count * seconds, 3)
         lines += [
             "",
             "## Scaling: 1,000 keys against 1,000,000 keys",
@@ -381,9 +385,9 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
             "to fill the keyspace; each call then addresses a key drawn at random from the "
             "whole keyspace (each concurrent task from its own share of it). Both keyspaces "
             "exist at once, in db 0 and db 1, and SWAPDB moves the one to measure into db 0 "
-            f"between rounds: each size gets {max(meta['duration'] / 2, 0.2):g} s per mode "
-            "over up to 5 interleaved rounds. ops/s are the best round; the ratio is the "
-            "median of per-round ratios, as above.",
+            f"between rounds: each size gets {scaling_total:g} s per mode over "
+            f"{scaling_count} interleaved rounds. ops/s are the best round; the ratio is "
+            "the median of per-round ratios, as above.",
             "",
             *_table(
                 [
