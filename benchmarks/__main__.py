@@ -38,11 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark aioredis_patterns against raw redis-py and peer libraries.",
     )
     parser.add_argument(
-        "--duration", type=float, default=1.0, help="seconds per case and mode (default 1.0)"
+        "--duration", type=float, default=5.0, help="seconds per case and mode (default 5.0)"
     )
     parser.add_argument("--tasks", type=int, default=50, help="concurrent tasks (default 50)")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="interleaved rounds per case (default 5)"
+        "--rounds", type=int, default=100, help="interleaved rounds per case (default 100)"
     )
     parser.add_argument(
         "--only",
@@ -193,8 +193,7 @@ async def _main(args: argparse.Namespace, url: str, port: int) -> RunResult:
         await client.aclose()
 
 
-def _render(data: dict[str, Any]) -> None:
-    docs = ROOT / "docs"
+def _render(data: dict[str, Any], docs: Path = ROOT / "docs") -> None:
     analysis = ROOT / "benchmarks" / "analysis.md"
     write_markdown(
         data,
@@ -233,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nnot measured:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 1
     if args.only or args.no_docs:
-        print(f"\nwrote {results / 'latest.json'} (docs/ left as they were)")
+        # Rendered next to the JSON, so that a short run still exercises the renderer.
+        _render(run.as_json(), results)
+        print(f"\nwrote {results}/latest.json, benchmarks.md and .png (docs/ left as they were)")
         return 0
     write_json(run, ROOT / "docs" / "benchmarks.json")
     _render(run.as_json())

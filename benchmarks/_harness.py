@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -26,6 +25,8 @@ import anyio
 from redis.asyncio import Redis
 
 from aioredis_patterns import ScriptBook
+
+from ._stats import Interval, median, median_interval, paired_ratios
 
 Op = Callable[[], Awaitable[object]]
 """One operation, awaited once per iteration."""
@@ -66,6 +67,10 @@ class Case:
     def missing(cls, label: str, reason: str) -> Case:
         return cls(label, None, unavailable=reason)
 
+
+ON_POOL = ", on the pool"
+"""Suffix of a peer label that is our own pattern on the pool (the autopipeline group
+compares with it): not a peer library, so no target reads it."""
 
 CONTROL = "A/A control: GET against itself"
 """Name of the floor group's control: one operation measured as two cases. Its ratio,
@@ -155,14 +160,13 @@ class Measurement:
         """
         if self.unavailable or other.unavailable:
             return None
-        pairs = [
-            mine / theirs
-            for mine, theirs in zip(self.rounds[mode], other.rounds[mode], strict=True)
-            if mine and theirs
-        ]
-        if not pairs:
+        return median(paired_ratios(self.rounds[mode], other.rounds[mode]))
+
+    def over_interval(self, other: Measurement, mode: str) -> Interval | None:
+        """The 95% confidence interval of :meth:`over` (see ``_stats``)."""
+        if self.unavailable or other.unavailable:
             return None
-        return statistics.median(pairs)
+        return median_interval(paired_ratios(self.rounds[mode], other.rounds[mode]))
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._harness import CONTROL, ComparisonResult, Measurement
+from ._harness import CONTROL, ON_POOL, ComparisonResult, Measurement
 from ._results import RunResult
 from ._scaling import scaling_rounds
+from ._stats import Interval, median, median_interval, paired_ratios
 
 # --- console ---------------------------------------------------------------------------
 
@@ -19,6 +20,10 @@ def _rate(value: float | None) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def _ci(interval: Interval | None) -> str:
+    return "" if interval is None else f" ({interval[0]:.2f}-{interval[1]:.2f})"
 
 
 def _cmds(m: Measurement) -> str:
@@ -46,7 +51,10 @@ def format_comparison(c: ComparisonResult, tasks: int) -> str:
             f" {_cmds(m):>8}"
         )
         if with_ratio:
-            text += f"   {_x(c.ours.over(m, 'serial')):>7} {_x(c.ours.over(m, 'concurrent')):>7}"
+            text += "".join(
+                f"   {_x(c.ours.over(m, mode)):>6}{_ci(c.ours.over_interval(m, mode)):<12}"
+                for mode in ("serial", "concurrent")
+            )
         return text
 
     lines.append(row("ours   ", c.ours, False))
@@ -86,8 +94,19 @@ def _d_costs(m: Data) -> str:
     return f"{'-' if rt is None else f'{rt:.1f}'} / {'-' if cmds is None else f'{cmds:.1f}'}"
 
 
-def _d_ratio(m: Data, column: str) -> str:
-    return _x(m.get(f"ours_over_this_{column}"))
+def _d_over(ours: Data, m: Data, column: str) -> tuple[float | None, Interval | None]:
+    """ours/m in *column* ("serial" or "concurrent"): the median and its 95% interval,
+    from the per-round ops/s the JSON keeps (see ``_stats``)."""
+    if ours.get("unavailable") or m.get("unavailable"):
+        return None, None
+    ratios = paired_ratios(ours[f"{column}_rounds"], m[f"{column}_rounds"])
+    return median(ratios), median_interval(ratios)
+
+
+def _d_ratio(ours: Data, m: Data, column: str, *, bold: bool = False) -> str:
+    """The ratio cell: the median (bold if asked) and its 95% interval."""
+    value, interval = _d_over(ours, m, column)
+    return (f"**{_x(value)}**" if bold and value is not None else _x(value)) + _ci(interval)
 
 
 def _machine(meta: Data) -> list[str]:
@@ -114,14 +133,95 @@ def _control_note(groups: list[Data], tasks: int) -> list[str]:
     for g in groups:
         for op in g["operations"] if g["key"] == "floor" else []:
             if op["name"] == CONTROL and op["floor"] and not op["floor"].get("unavailable"):
-                serial, concurrent = (_d_ratio(op["floor"], m) for m in ("serial", "concurrent"))
+                serial, concurrent = (
+                    _d_ratio(op["ours"], op["floor"], m) for m in ("serial", "concurrent")
+                )
                 return [
                     "- *Noise*: the A/A control runs one raw GET as two cases, measured like "
                     f"any other pair. In this run it read {serial} serially and {concurrent} "
-                    f"at {tasks} tasks, where a quiet machine would read 1.00x: read ratios "
-                    "that differ by about that much as equal."
+                    f"at {tasks} tasks, where a quiet machine would read 1.00x."
                 ]
     return []
+
+
+_Row = tuple[str, float, Interval | None]
+"""A ratio to judge: what it compares, its median and its 95% interval."""
+
+
+def _quote(rows: list[_Row]) -> str:
+    return "; ".join(f"{what} {_x(value)}{_ci(ci)}" for what, value, ci in rows)
+
+
+def _compared(op: Data, *, peers: bool) -> list[Data]:
+    """The peer libraries of *op* (not our own pattern on the pool), or its floor."""
+    if peers:
+        return [p for p in op["peers"] if not p["label"].endswith(ON_POOL)]
+    return [op["floor"]] if op["floor"] else []
+
+
+def _ratios(groups: list[Data], column: str, *, peers: bool) -> list[_Row]:
+    """Every pattern row's ratio to its floor (or to each peer library) in *column*."""
+    rows: list[_Row] = []
+    for g in groups:
+        if g["key"] == "floor":
+            continue
+        for op in g["operations"]:
+            for other in _compared(op, peers=peers):
+                value, ci = _d_over(op["ours"], other, column)
+                if value is not None:
+                    what = f"{op['name']} vs {other['label']}" if peers else op["name"]
+                    rows.append((what, value, ci))
+    return rows
+
+
+def _targets(groups: list[Data], tasks: int) -> list[str]:
+    """The benchmark's targets, each read from this run's ratios and their intervals."""
+    out: list[str] = []
+    floor = _ratios(groups, "serial", peers=False)
+    if floor:
+        below = [r for r in floor if r[1] < 0.9]
+        out.append(
+            f"- **Serial, at least 0.90x of the floor**: {len(floor) - len(below)} of "
+            f"{len(floor)} operations"
+            + (f"; below: {_quote(below)}." if below else "; none below.")
+        )
+    for column, mode in (("serial", "serially"), ("concurrent", f"at {tasks} tasks")):
+        rows = _ratios(groups, column, peers=True)
+        if not rows:
+            continue
+        judged = [(r, r[2]) for r in rows if r[2] is not None]
+        ahead = [r for r, ci in judged if ci[0] > 1.0]
+        behind = [r for r, ci in judged if ci[1] < 1.0]
+        level = [r for r, ci in judged if ci[0] <= 1.0 <= ci[1]]
+        out.append(
+            f"- **Ahead of every peer, {mode}**: ahead in {len(ahead)} of {len(rows)} peer "
+            f"rows (interval above 1.00x), level in {len(level)} (interval holds 1.00x), "
+            f"behind in {len(behind)} (interval below 1.00x)"
+            + (
+                f"; {len(rows) - len(judged)} have no interval (too few rounds)."
+                if len(judged) < len(rows)
+                else "."
+            )
+        )
+        out += [
+            f"  - {name}: {_quote(r)}." for name, r in (("Level", level), ("Behind", behind)) if r
+        ]
+    scaling = [s for g in groups for s in g["scaling"] if not s.get("error") and s["rows"]]
+    for column, mode in (("serial", "serially"), ("concurrent", f"at {tasks} tasks")):
+        ratios = [
+            (s["name"], median(xs), median_interval(xs))
+            for s in scaling
+            if (xs := s["paired_ratios"].get(column))
+        ]
+        values = [v for _, v, _ in ratios if v is not None]
+        if values:
+            holds = sum(1 for _, _, ci in ratios if ci is not None and ci[0] <= 1.0 <= ci[1])
+            out.append(
+                f"- **Near-flat from 1,000 to 1,000,000 keys, {mode}**: 1M/1k "
+                f"{min(values):.2f}-{max(values):.2f}x over {len(values)} operations; the "
+                f"interval holds 1.00x in {holds} of them."
+            )
+    return out
 
 
 def _pattern_rows(groups: list[Data]) -> list[list[str]]:
@@ -144,8 +244,8 @@ def _pattern_rows(groups: list[Data]) -> list[list[str]]:
                     _d_rate(f, "serial") if f else "-",
                     _d_rate(f, "concurrent") if f else "-",
                     _d_costs(f) if f else "-",
-                    f"**{_d_ratio(f, 'serial')}**" if f else "-",
-                    f"**{_d_ratio(f, 'concurrent')}**" if f else "-",
+                    _d_ratio(ours, f, "serial", bold=True) if f else "-",
+                    _d_ratio(ours, f, "concurrent", bold=True) if f else "-",
                 ]
             )
     return rows
@@ -169,8 +269,8 @@ def _peer_rows(groups: list[Data], *, floor: bool) -> list[list[str]]:
                         _d_rate(p, "serial"),
                         _d_rate(p, "concurrent"),
                         _d_costs(p),
-                        f"**{_d_ratio(p, 'serial')}**",
-                        f"**{_d_ratio(p, 'concurrent')}**",
+                        _d_ratio(op["ours"], p, "serial", bold=True),
+                        _d_ratio(op["ours"], p, "concurrent", bold=True),
                     ]
                 )
     return rows
@@ -285,6 +385,11 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "frozen). "
         f"*serial* is one task awaiting each call; *{tasks} tasks* is {tasks} tasks sharing "
         "one client (for pub/sub: handler tasks, see the notes).",
+        "- After each ratio, in brackets, the 95% confidence interval of its median, "
+        "from the per-round ratios, assuming nothing about the noise but that rounds are "
+        "independent (the k-th smallest to the k-th largest round, k from the binomial "
+        "distribution). A ratio whose interval holds 1.00x is a tie in this run; one whose "
+        "interval lies above 1.00x is ahead.",
         *_control_note(measured, tasks),
         "- Redis runs on the same 2-core machine as the Python process, so both compete "
         "for the cores, as do other processes: see the load average above.",
@@ -298,6 +403,11 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "calls GET and SET counts 3.",
         "- Absolute numbers drift between runs and machines; only ratios from one run count.",
         "",
+        *(
+            ["## Targets, read from this run", "", *targets, ""]
+            if (targets := _targets(measured, tasks))
+            else []
+        ),
         "![ops/s per operation, serial and concurrent](benchmarks.png)",
         "",
         "## Pattern operations against the raw redis-py floor",
@@ -361,8 +471,8 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
                         _d_rate(op["ours"], "concurrent"),
                         _d_rate(p, "serial"),
                         _d_rate(p, "concurrent"),
-                        _d_ratio(p, "serial"),
-                        _d_ratio(p, "concurrent"),
+                        _d_ratio(op["ours"], p, "serial"),
+                        _d_ratio(op["ours"], p, "concurrent"),
                     ]
                     for op in floor_group["operations"]
                     for p in op["peers"]

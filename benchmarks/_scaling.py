@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._harness import Bench, Op, ScalingCase, measure, rotating
 from ._server import TEMPLATE, fill_keyspace
+from ._stats import median
 
 SIZES = (1_000, 1_000_000)
 
@@ -26,7 +26,7 @@ class ScalingResult:
     def ratio(self, mode: str) -> float | None:
         """The median per-round ratio of the large keyspace to the small one."""
         ratios = self.paired.get(mode)
-        return statistics.median(ratios) if ratios else None
+        return median(ratios or [])
 
     def as_json(self) -> dict[str, Any]:
         return {
