@@ -22,8 +22,8 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _ci(interval: Interval | None) -> str:
-    return "" if interval is None else f" ({interval[0]:.2f}-{interval[1]:.2f})"
+def _ci(interval: Interval | None, digits: int = 2) -> str:
+    return "" if interval is None else f" ({interval[0]:.{digits}f}-{interval[1]:.{digits}f})"
 
 
 def _cmds(m: Measurement) -> str:
@@ -149,7 +149,8 @@ _Row = tuple[str, float, Interval | None]
 
 
 def _quote(rows: list[_Row]) -> str:
-    return "; ".join(f"{what} {_x(value)}{_ci(ci)}" for what, value, ci in rows)
+    # Three digits: an interval ending at 0.997 is "behind", which 1.00 would hide.
+    return "; ".join(f"{what} {_x(value)}{_ci(ci, 3)}" for what, value, ci in rows)
 
 
 def _compared(op: Data, *, peers: bool) -> list[Data]:
