@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from aioredis_patterns import ScriptBook
 
-from ._stats import Interval, median, median_interval, paired_ratios
+from ._stats import Interval, compare
 
 Op = Callable[[], Awaitable[object]]
 """One operation, awaited once per iteration."""
@@ -158,15 +158,13 @@ class Measurement:
         ratio compares them under the same machine load; the median over the rounds
         then ignores the rounds that another process disturbed.
         """
-        if self.unavailable or other.unavailable:
-            return None
-        return median(paired_ratios(self.rounds[mode], other.rounds[mode]))
+        return self.compared(other, mode)[0]
 
-    def over_interval(self, other: Measurement, mode: str) -> Interval | None:
-        """The 95% confidence interval of :meth:`over` (see ``_stats``)."""
+    def compared(self, other: Measurement, mode: str) -> tuple[float | None, Interval | None]:
+        """:meth:`over` and its 95% confidence interval (see ``_stats``)."""
         if self.unavailable or other.unavailable:
-            return None
-        return median_interval(paired_ratios(self.rounds[mode], other.rounds[mode]))
+            return None, None
+        return compare(self.rounds[mode], other.rounds[mode])
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from typing import Any
 from ._harness import CONTROL, ON_POOL, ComparisonResult, Measurement
 from ._results import RunResult
 from ._scaling import scaling_rounds
-from ._stats import Interval, median, median_interval, paired_ratios
+from ._stats import Interval, compare, median, median_interval, verdict
 
 # --- console ---------------------------------------------------------------------------
 
@@ -51,10 +51,9 @@ def format_comparison(c: ComparisonResult, tasks: int) -> str:
             f" {_cmds(m):>8}"
         )
         if with_ratio:
-            text += "".join(
-                f"   {_x(c.ours.over(m, mode)):>6}{_ci(c.ours.over_interval(m, mode)):<12}"
-                for mode in ("serial", "concurrent")
-            )
+            for mode in ("serial", "concurrent"):
+                value, interval = c.ours.compared(m, mode)
+                text += f"   {_x(value):>6}{_ci(interval):<12}"
         return text
 
     lines.append(row("ours   ", c.ours, False))
@@ -99,8 +98,7 @@ def _d_over(ours: Data, m: Data, column: str) -> tuple[float | None, Interval | 
     from the per-round ops/s the JSON keeps (see ``_stats``)."""
     if ours.get("unavailable") or m.get("unavailable"):
         return None, None
-    ratios = paired_ratios(ours[f"{column}_rounds"], m[f"{column}_rounds"])
-    return median(ratios), median_interval(ratios)
+    return compare(ours[f"{column}_rounds"], m[f"{column}_rounds"])
 
 
 def _d_ratio(ours: Data, m: Data, column: str, *, bold: bool = False) -> str:
@@ -190,19 +188,15 @@ def _targets(groups: list[Data], tasks: int) -> list[str]:
         rows = _ratios(groups, column, peers=True)
         if not rows:
             continue
-        judged = [(r, r[2]) for r in rows if r[2] is not None]
-        ahead = [r for r, ci in judged if ci[0] > 1.0]
-        behind = [r for r, ci in judged if ci[1] < 1.0]
-        level = [r for r, ci in judged if ci[0] <= 1.0 <= ci[1]]
+        by: dict[str | None, list[_Row]] = {}
+        for row in rows:
+            by.setdefault(verdict(row[2]), []).append(row)
+        ahead, level, behind = (by.get(v, []) for v in ("ahead", "level", "behind"))
         out.append(
             f"- **Ahead of every peer, {mode}**: ahead in {len(ahead)} of {len(rows)} peer "
             f"rows (interval above 1.00x), level in {len(level)} (interval holds 1.00x), "
             f"behind in {len(behind)} (interval below 1.00x)"
-            + (
-                f"; {len(rows) - len(judged)} have no interval (too few rounds)."
-                if len(judged) < len(rows)
-                else "."
-            )
+            + (f"; {len(by[None])} have no interval (too few rounds)." if None in by else ".")
         )
         out += [
             f"  - {name}: {_quote(r)}." for name, r in (("Level", level), ("Behind", behind)) if r
@@ -216,7 +210,7 @@ def _targets(groups: list[Data], tasks: int) -> list[str]:
         ]
         values = [v for _, v, _ in ratios if v is not None]
         if values:
-            holds = sum(1 for _, _, ci in ratios if ci is not None and ci[0] <= 1.0 <= ci[1])
+            holds = sum(1 for _, _, ci in ratios if verdict(ci) == "level")
             out.append(
                 f"- **Near-flat from 1,000 to 1,000,000 keys, {mode}**: 1M/1k "
                 f"{min(values):.2f}-{max(values):.2f}x over {len(values)} operations; the "

@@ -26,6 +26,22 @@ def median(ratios: Sequence[float]) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def compare(
+    mine: Sequence[float | None], theirs: Sequence[float | None]
+) -> tuple[float | None, Interval | None]:
+    """Two cases' per-round ops/s compared: the median ratio and its 95% interval."""
+    ratios = paired_ratios(mine, theirs)
+    return median(ratios), median_interval(ratios)
+
+
+def verdict(interval: Interval | None) -> str | None:
+    """ "ahead", "level" or "behind" of 1.00x by *interval*; None without one."""
+    if interval is None:
+        return None
+    low, high = interval
+    return "ahead" if low > 1.0 else "behind" if high < 1.0 else "level"
+
+
 def median_interval(ratios: Sequence[float], confidence: float = 0.95) -> Interval | None:
     """The distribution-free *confidence* interval of the median of *ratios*.
 
