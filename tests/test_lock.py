@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import statistics
 import time
@@ -653,6 +654,81 @@ class TestExceptionsAndCancellation:
         assert scope.cancelled_caught
         assert lock.stats.losses == 0
         assert await redis.exists(lock.key) == 0
+
+    async def test_a_release_that_gets_no_answer_gives_up_after_a_second(
+        self, redis_server: RedisServer
+    ):
+        """A block whose release meets a silent server raises TimeoutError about 1 s later."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = Redis.from_url(proxy.url)  # no socket timeout: only the lock bounds it
+            direct = Redis.from_url(redis_server.url)
+            lock = AsyncLock(client, "job", ttl=30)
+            left_at: list[float] = []
+
+            async def hold_then_go_silent() -> None:
+                async with lock:
+                    proxy.blackhole()
+                    left_at.append(time.monotonic())
+
+            try:
+                with anyio.fail_after(10):
+                    with pytest.raises(TimeoutError, match="releasing lock 'job' timed out"):
+                        await hold_then_go_silent()
+                gave_up_after = time.monotonic() - left_at[0]
+                assert not lock.held
+                assert lock.stats.losses == 0  # not a loss: nobody could tell
+                assert await direct.pttl(lock.key) > 25_000  # the key waits for its ttl
+            finally:
+                await client.aclose(close_connection_pool=True)
+                await direct.aclose()
+        assert 0.9 < gave_up_after < 2.0
+        print(f"\nrelease against a silent server gave up after {gave_up_after * 1000:.0f} ms")
+
+    async def test_the_bodys_exception_wins_over_a_release_that_timed_out(
+        self, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    ):
+        """The body's ValueError propagates as itself; the timed-out release is only logged."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = Redis.from_url(proxy.url)
+            lock = AsyncLock(client, "job", ttl=30)
+
+            async def fail_then_go_silent() -> None:
+                async with lock:
+                    proxy.blackhole()
+                    raise ValueError("boom")
+
+            try:
+                with (
+                    caplog.at_level(logging.WARNING, logger="aioredis_patterns.lock"),
+                    anyio.fail_after(10),
+                    pytest.raises(ValueError, match="boom") as caught,
+                ):
+                    await fail_then_go_silent()
+            finally:
+                await client.aclose(close_connection_pool=True)
+        assert type(caught.value) is ValueError
+        assert "releasing lock 'job' failed: TimeoutError" in caplog.text
+
+    async def test_an_outer_cancellation_during_a_silent_release_stays_bounded(
+        self, redis_server: RedisServer
+    ):
+        """Cancelled from outside while Redis is silent: the shielded release still ends in ~1 s."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = Redis.from_url(proxy.url)
+            lock = AsyncLock(client, "job", ttl=30)
+            try:
+                started = time.monotonic()
+                with anyio.fail_after(10):
+                    with anyio.move_on_after(0.2) as scope:
+                        async with lock:
+                            proxy.blackhole()
+                            await anyio.sleep(10)
+                took = time.monotonic() - started
+            finally:
+                await client.aclose(close_connection_pool=True)
+        assert scope.cancelled_caught  # the cancellation arrived as itself, and was caught
+        assert not lock.held
+        assert 1.1 < took < 2.5  # 0.2 s of body, then the 1 s bound on the release
 
     async def test_a_cancelled_waiter_leaves_the_line_and_the_next_one_proceeds(self, redis: Redis):
         """Of two waiting tasks, cancelling the first does not strand the second."""

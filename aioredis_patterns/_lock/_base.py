@@ -7,6 +7,7 @@ task group, and turning a lost lease into :class:`LockLost`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -108,6 +109,7 @@ class Holder(ABC):
         self._fence: int | None = None
         self._acquiring = False
         self._tg: TaskGroup | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._dog: Watchdog | None = None
         self.stats = LockStats()
         """Counters: acquires, extends, transient errors, wake-ups, losses."""
@@ -313,35 +315,12 @@ class Holder(ABC):
             raise LockError(f"lock {self._name!r} is already entered by this instance")
         if not await self.acquire():
             raise LockNotAcquired(self._name)
-        lease = self._lease
-        assert lease is not None
         tg = anyio.create_task_group()
-        hold_deadline = math.inf if self._max_hold is None else lease.acquired_at + self._max_hold
-        dog = Watchdog(
-            name=self._name,
-            lease=lease,
-            ttl=self._ttl,
-            renew=lambda: self._renew(lease, self._ttl_ms, strict=True),
-            auto_extend=self._auto_extend,
-            max_extensions=self._max_extensions,
-            hold_deadline=hold_deadline,
-            clock=self._clock,
-            sleep=self._sleep,
-            stats=self.stats,
-            on_loss=tg.cancel_scope.cancel,
-        )
         # The task group's cancel scope stays open until __aexit__, so it encloses
         # the body: cancelling it (the watchdog does, on a loss) cancels the body.
         await tg.__aenter__()
-        try:
-            dog.arm(tg)
-        except BaseException:
-            dog.stop()
-            with anyio.CancelScope(shield=True):
-                await tg.__aexit__(None, None, None)
-            await self._release_on_exit()
-            raise
-        self._tg, self._dog = tg, dog
+        self._tg = tg
+        self._arm_watchdog()
         return self
 
     async def __aexit__(
@@ -356,22 +335,25 @@ class Holder(ABC):
             LockLost: the watchdog cancelled the body, or the body finished but the
                 release found the lock gone.
         """
-        tg, dog = self._tg, self._dog
-        self._tg = self._dog = None
-        if tg is None or dog is None:
+        tg, dog, timer = self._tg, self._dog, self._timer
+        self._tg = self._dog = self._timer = None
+        if tg is None:
             return False
+        if timer is not None:
+            timer.cancel()
+        if dog is None:
+            # No task ever ran in the group and none can start now, so the group is
+            # only its cancel scope, which only the watchdog cancels. The release runs
+            # inside that scope, made shielded and bounded, and closing it swallows
+            # nothing: no group exit checkpoint, no second scope on every short hold.
+            held, release_error = await self._release_in_scope(tg.cancel_scope, exc_type, exc, tb)
+            return self._settle(exc, held, release_error)
         dog.stop()
         cancelled = anyio.get_cancelled_exc_class()
         swallowed = False
         try:
             try:
-                if not dog.started:
-                    # No task ever ran in the group and none can start now, so the
-                    # group is only its cancel scope, which only the watchdog cancels:
-                    # it swallows nothing. Closing the scope alone skips the group's
-                    # exit checkpoint, an event-loop turn on every short hold.
-                    tg.cancel_scope.__exit__(exc_type, exc, tb)
-                elif isinstance(exc, cancelled):
+                if isinstance(exc, cancelled):
                     # Let the task group's scope absorb the cancellation it caused;
                     # a cancellation from outside is re-raised by it, untouched.
                     swallowed = await tg.__aexit__(exc_type, exc, tb)
@@ -392,6 +374,12 @@ class Holder(ABC):
                 return False
             cause = exc if exc is not None and not isinstance(exc, cancelled) else dog.error
             raise LockLost(self._name) from cause
+        return self._settle(exc, held, release_error)
+
+    def _settle(
+        self, exc: BaseException | None, held: bool | None, release_error: BaseException | None
+    ) -> bool:
+        """End a block whose lock the watchdog did not lose: report the release's outcome."""
         if exc is not None:
             if release_error is not None:
                 logger.warning("releasing lock %r failed: %r", self._name, release_error)
@@ -458,10 +446,52 @@ class Holder(ABC):
         if extended:
             lease.renew(sent, ttl_ms / 1000)
             self.stats.extensions += 1
-            if not strict and self._dog is not None:
-                self._dog.reschedule()  # an explicit extend may move the next one earlier
+            if not strict:  # an explicit extend may move the watchdog's next wake-up earlier
+                if self._dog is not None:
+                    self._dog.reschedule()
+                elif self._timer is not None:
+                    self._timer.cancel()
+                    self._arm_watchdog()
             self.stats.last_renewed_at = sent
         return extended
+
+    def _arm_watchdog(self) -> None:
+        """Start the watchdog in the block's task group when its first wake-up is due.
+
+        Until then there is only an event-loop timer: a hold shorter than that (a
+        third of the ttl, at most), the common case, never creates a task. The timer
+        only decides when to look; the watchdog decides on the holder's clock.
+        """
+        lease = self._lease
+        assert lease is not None
+        due = lease.extend_due if self._auto_extend else lease.cancel_at
+        due = min(due, lease.cancel_at, self._hold_deadline(lease))
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - self._clock()), self._start_watchdog
+        )
+
+    def _start_watchdog(self) -> None:
+        self._timer = None
+        tg, lease = self._tg, self._lease
+        if tg is None or lease is None:
+            return  # the block is being left, or the lock was released by hand
+        dog = self._dog = Watchdog(
+            name=self._name,
+            lease=lease,
+            ttl=self._ttl,
+            renew=lambda: self._renew(lease, self._ttl_ms, strict=True),
+            auto_extend=self._auto_extend,
+            max_extensions=self._max_extensions,
+            hold_deadline=self._hold_deadline(lease),
+            clock=self._clock,
+            sleep=self._sleep,
+            stats=self.stats,
+            on_loss=tg.cancel_scope.cancel,
+        )
+        tg.start_soon(dog.run, name=f"lock watchdog {self._name!r}")
+
+    def _hold_deadline(self, lease: Lease) -> float:
+        return math.inf if self._max_hold is None else lease.acquired_at + self._max_hold
 
     async def _release_on_exit(self) -> tuple[bool | None, BaseException | None]:
         lease = self._lease
@@ -474,6 +504,37 @@ class Holder(ABC):
             except Exception as exc:
                 return None, exc
         return None, TimeoutError(f"releasing lock {self._name!r} timed out")
+
+    async def _release_in_scope(
+        self,
+        scope: anyio.CancelScope,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> tuple[bool | None, BaseException | None]:
+        """Release inside the block's open *scope*, shielded and bounded, then close it.
+
+        Only for a scope nothing else can cancel (the watchdog never started): a
+        cancellation the scope then catches is its own deadline's.
+        """
+        lease = self._lease
+        self._lease = None
+        try:
+            if lease is None:
+                return None, None
+            scope.shield = True
+            scope.deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
+            try:
+                return await self._release_token(lease.token), None
+            except Exception as error:
+                return None, error
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise  # a cancellation that was on its way before the shield went up
+                return None, TimeoutError(f"releasing lock {self._name!r} timed out")
+        finally:
+            scope.shield = False
+            scope.__exit__(exc_type, exc, tb)
 
     def _note_loss(self, reason: str) -> None:
         self.stats.losses += 1

@@ -5,21 +5,21 @@ extends the lease every ttl/3 and tracks, with a monotonic clock, until when the
 holder can be sure it still holds the lock. When that is no longer true it cancels
 the block's body; the holder then raises :class:`LockLost`.
 
-Its task is not started with the block: an event-loop timer starts it in the
-block's task group when its first wake-up is due. A hold shorter than a third of
-the ttl, the common case, never creates a task, and its block then closes the
-group's cancel scope without the group's exit checkpoint.
+Neither it nor its task is made with the block: the holder's event-loop timer
+makes it and starts it in the block's task group when its first wake-up is due.
+A hold shorter than a third of the ttl, the common case, never creates a task,
+and its block then releases inside the group's cancel scope and closes it
+without the group's exit checkpoint.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from redis.exceptions import RedisError
 
 __all__ = [
@@ -133,7 +133,6 @@ class Watchdog:
         "_auto_extend",
         "_clock",
         "_extensions",
-        "_group",
         "_hold_deadline",
         "_interval",
         "_lease",
@@ -146,10 +145,8 @@ class Watchdog:
         "_sleep",
         "_stats",
         "_stopped",
-        "_timer",
         "error",
         "lost",
-        "started",
     )
 
     def __init__(
@@ -181,51 +178,22 @@ class Watchdog:
         self._extensions = 0
         self._scope: anyio.CancelScope | None = None
         self._nap: anyio.CancelScope | None = None
-        self._group: TaskGroup | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
-        self.started = False
-        """True once the watchdog's task was started in the group."""
         self.lost = False
         """True once the lease was lost and the body cancelled."""
         self.error: BaseException | None = None
         """The error behind the loss, when there was one (the last transient error)."""
 
-    def arm(self, group: TaskGroup) -> None:
-        """Start :meth:`run` in *group* once the first wake-up is due; no task before then.
-
-        The timer runs on the event loop's clock; it only decides when to look. What
-        the watchdog then does is decided on the holder's clock, as always.
-        """
-        self._group = group
-        self._set_timer()
-
     def reschedule(self) -> None:
         """Wake the watchdog to recompute its schedule (the lease was changed by extend())."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._set_timer()
-        elif self._nap is not None:
+        if self._nap is not None:
             self._nap.cancel()
 
     def stop(self) -> None:
         """Stop watching (the holder is leaving its block). Safe to call twice."""
         self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._scope is not None:
             self._scope.cancel()
-
-    def _set_timer(self) -> None:
-        delay = max(0.0, self._wake_at(self._may_extend()) - self._clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
-
-    def _start(self) -> None:
-        self._timer = None
-        if not self._stopped and self._group is not None:
-            self.started = True
-            self._group.start_soon(self.run, name=f"lock watchdog {self._name!r}")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until stopped or until the lease is lost. Never raises."""
