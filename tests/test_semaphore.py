@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from aioredis_patterns import AsyncSemaphore, InvalidArgument, LockError, LockLost, LockNotAcquired
+from aioredis_patterns.testing import FaultProxy, RedisServer
 
 CANCELLED = asyncio.CancelledError  # the tests run on asyncio (pytest-asyncio)
 
@@ -210,3 +211,26 @@ class TestHolders:
         assert 0 < await redis.pttl(flag) <= 3000
         assert await holder.release()
         assert await redis.lrange(signal, 0, -1) == [b"1"]
+
+
+class TestLeaving:
+    async def test_an_outer_cancellation_during_a_silent_release_stays_bounded(
+        self, redis_server: RedisServer
+    ):
+        """Cancelled from outside while Redis is silent: the slot's release still ends in ~1 s."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = Redis.from_url(proxy.url)  # no socket timeout: only the semaphore bounds it
+            sem = AsyncSemaphore(client, "pool", 2, ttl=30)
+            try:
+                started = time.monotonic()
+                with anyio.fail_after(10):
+                    with anyio.move_on_after(0.2) as scope:
+                        async with sem:
+                            proxy.blackhole()
+                            await anyio.sleep(10)
+                took = time.monotonic() - started
+            finally:
+                await client.aclose(close_connection_pool=True)
+        assert scope.cancelled_caught  # the cancellation arrived as itself, and was caught
+        assert not sem.held
+        assert 1.1 < took < 2.5  # 0.2 s of body, then the 1 s bound on the release
