@@ -14,7 +14,9 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from aioredis_patterns import AsyncSemaphore, InvalidArgument, LockError, LockLost, LockNotAcquired
-from aioredis_patterns.testing import FaultProxy, RedisServer
+from aioredis_patterns.testing import RedisServer
+
+from .conftest import cancel_during_a_silent_release
 
 CANCELLED = asyncio.CancelledError  # the tests run on asyncio (pytest-asyncio)
 
@@ -218,19 +220,9 @@ class TestLeaving:
         self, redis_server: RedisServer
     ):
         """Cancelled from outside while Redis is silent: the slot's release still ends in ~1 s."""
-        with FaultProxy(redis_server.port) as proxy:
-            client = Redis.from_url(proxy.url)  # no socket timeout: only the semaphore bounds it
-            sem = AsyncSemaphore(client, "pool", 2, ttl=30)
-            try:
-                started = time.monotonic()
-                with anyio.fail_after(10):
-                    with anyio.move_on_after(0.2) as scope:
-                        async with sem:
-                            proxy.blackhole()
-                            await anyio.sleep(10)
-                took = time.monotonic() - started
-            finally:
-                await client.aclose(close_connection_pool=True)
-        assert scope.cancelled_caught  # the cancellation arrived as itself, and was caught
-        assert not sem.held
+        caught, held, took = await cancel_during_a_silent_release(
+            redis_server, lambda client: AsyncSemaphore(client, "pool", 2, ttl=30)
+        )
+        assert caught  # the cancellation arrived as itself, and was caught
+        assert not held
         assert 1.1 < took < 2.5  # 0.2 s of body, then the 1 s bound on the release

@@ -31,6 +31,7 @@ from ._watchdog import (
     Undecided,
     Watchdog,
     logger,
+    wake_at,
 )
 
 __all__ = ["DEFAULT_CLOCK", "DEFAULT_SLEEP", "Attempt", "Holder"]
@@ -464,8 +465,7 @@ class Holder(ABC):
         """
         lease = self._lease
         assert lease is not None
-        due = lease.extend_due if self._auto_extend else lease.cancel_at
-        due = min(due, lease.cancel_at, self._hold_deadline(lease))
+        due = wake_at(lease, self._hold_deadline(lease), extending=self._auto_extend)
         self._timer = asyncio.get_running_loop().call_later(
             max(0.0, due - self._clock()), self._start_watchdog
         )
@@ -494,16 +494,9 @@ class Holder(ABC):
         return math.inf if self._max_hold is None else lease.acquired_at + self._max_hold
 
     async def _release_on_exit(self) -> tuple[bool | None, BaseException | None]:
-        lease = self._lease
-        self._lease = None
-        if lease is None:
-            return None, None
-        with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
-            try:
-                return await self._release_token(lease.token), None
-            except Exception as exc:
-                return None, exc
-        return None, TimeoutError(f"releasing lock {self._name!r} timed out")
+        with anyio.CancelScope() as scope:
+            return await self._release_bounded(scope)
+        return None, self._release_timed_out()  # the scope swallowed its deadline's cancellation
 
     async def _release_in_scope(
         self,
@@ -512,29 +505,42 @@ class Holder(ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> tuple[bool | None, BaseException | None]:
-        """Release inside the block's open *scope*, shielded and bounded, then close it.
+        """Release inside the block's open *scope*, then close it.
 
         Only for a scope nothing else can cancel (the watchdog never started): a
         cancellation the scope then catches is its own deadline's.
         """
-        lease = self._lease
-        self._lease = None
         try:
-            if lease is None:
-                return None, None
-            scope.shield = True
-            scope.deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
-            try:
-                return await self._release_token(lease.token), None
-            except Exception as error:
-                return None, error
-            except anyio.get_cancelled_exc_class():
-                if not scope.cancel_called:
-                    raise  # a cancellation that was on its way before the shield went up
-                return None, TimeoutError(f"releasing lock {self._name!r} timed out")
+            return await self._release_bounded(scope)
         finally:
             scope.shield = False
             scope.__exit__(exc_type, exc, tb)
+
+    async def _release_bounded(
+        self, scope: anyio.CancelScope
+    ) -> tuple[bool | None, BaseException | None]:
+        """Release the lease inside *scope*, made shielded and given the release deadline.
+
+        Returns whether the lease was still held (None if unknown) and the error
+        that kept the release from answering, a timeout included.
+        """
+        lease = self._lease
+        self._lease = None
+        if lease is None:
+            return None, None
+        scope.shield = True
+        scope.deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
+        try:
+            return await self._release_token(lease.token), None
+        except Exception as error:
+            return None, error
+        except anyio.get_cancelled_exc_class():
+            if not scope.cancel_called:
+                raise  # a cancellation that was on its way before the shield went up
+            return None, self._release_timed_out()
+
+    def _release_timed_out(self) -> TimeoutError:
+        return TimeoutError(f"releasing lock {self._name!r} timed out")
 
     def _note_loss(self, reason: str) -> None:
         self.stats.losses += 1

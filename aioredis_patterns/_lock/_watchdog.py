@@ -33,6 +33,7 @@ __all__ = [
     "drift",
     "guard",
     "logger",
+    "wake_at",
 ]
 
 logger = logging.getLogger("aioredis_patterns.lock")
@@ -87,6 +88,13 @@ class Lease:
     def extend_due(self) -> float:
         """When the watchdog extends next: a third of the way through the lease."""
         return self.renewed_at + self.length / 3
+
+
+def wake_at(lease: Lease, hold_deadline: float, *, extending: bool) -> float:
+    """When the watchdog of *lease* must look next: the extend when it is *extending*
+    and due first, else the moment the body is cancelled (lease or ``max_hold``)."""
+    deadline = min(lease.cancel_at, hold_deadline)
+    return min(lease.extend_due, deadline) if extending else deadline
 
 
 @dataclass
@@ -209,10 +217,6 @@ class Watchdog:
     def _deadline(self) -> float:
         return min(self._lease.cancel_at, self._hold_deadline)
 
-    def _wake_at(self, extending: bool) -> float:
-        deadline = self._deadline()
-        return min(self._lease.extend_due, deadline) if extending else deadline
-
     def _may_extend(self) -> bool:
         if not self._auto_extend:
             return False
@@ -224,8 +228,9 @@ class Watchdog:
     async def _watch(self) -> None:
         while True:
             extending = self._may_extend()
+            due = wake_at(self._lease, self._hold_deadline, extending=extending)
             with anyio.CancelScope() as self._nap:
-                await self._sleep(max(0.0, self._wake_at(extending) - self._clock()))
+                await self._sleep(max(0.0, due - self._clock()))
             self._nap = None
             # Compare the clock after every sleep: when the event loop was blocked the
             # sleep returns late, and the lease may have run out meanwhile.
