@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -11,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from aioredis_patterns import (
     SerializationError,
     connect,
 )
+from aioredis_patterns._cache._core import _HORIZONS_KEPT
 from aioredis_patterns.testing import FaultProxy, RedisServer
 from tests.conftest import command_calls
 
@@ -88,6 +92,27 @@ class CountingRedis(Redis):
 
         pipe.execute = execute  # type: ignore[method-assign]
         return pipe
+
+
+class HeldReply(Redis):
+    """A real client that holds back one reply: the command has run, the caller waits.
+
+    Set :attr:`hold_task` to a task's id; that task's next command runs on the
+    server, and its reply is returned once :attr:`gate` is set.
+    """
+
+    hold_task: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = anyio.Event()
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        if self.hold_task == anyio.get_current_task().id:
+            self.hold_task = None
+            await self.gate.wait()
+        return reply
 
 
 def counting_client(url: str) -> CountingRedis:
@@ -364,6 +389,38 @@ class TestSingleFlight:
         assert cache.stats.load_errors == 1
         assert await redis.keys("*") == []
         assert await cache.get_or_load("k", Loader(lambda n: "ok")) == "ok"
+
+    @pytest.mark.parametrize("hosted", [False, True], ids=["inline", "task-group"])
+    async def test_a_lease_taken_during_anothers_load_start_is_handed_back(
+        self, redis_url: str, redis: Redis, hosted: bool
+    ):
+        """A read that took the lease after another task began the load hands it back: one load."""
+        client = HeldReply.from_url(redis_url)
+        assert isinstance(client, HeldReply)
+        cache = AsyncCache(client, namespace="race:", ttl=30, lease_ttl=5)
+        first, second = Loader(lambda n: "first"), Loader(lambda n: "second")
+        results: dict[str, Any] = {}
+
+        async def read(name: str, loader: Loader, *, held: bool = False) -> None:
+            if held:  # its read takes the lease on the server; the reply waits for the gate
+                client.hold_task = anyio.get_current_task().id
+            results[name] = await cache.get_or_load("k", loader)
+
+        async with cache if hosted else contextlib.nullcontext(), anyio.create_task_group() as tg:
+            tg.start_soon(partial(read, "a", first, held=True))
+            await until_redis(lambda: redis.exists("{race:k}:lease"))
+            tg.start_soon(read, "b", second)  # finds the lease held: starts the load, waits
+            await eventually(lambda: cache.stats.lease_waits == 1)
+            client.gate.set()
+            opened = time.monotonic()
+        # b polls every 5-100 ms: it takes the handed-back lease long before it expires
+        assert time.monotonic() - opened < 2.0
+        await client.aclose()
+        assert (first.calls, second.calls) == (0, 1)
+        assert results == {"a": "second", "b": "second"}
+        assert await redis.get("race:k") == b'"second"'
+        assert not await redis.exists("{race:k}:lease")
+        assert cache.stats.coalesced == 1
 
     async def test_a_cancelled_waiter_leaves_the_load_to_the_others(
         self, make_cache: Callable[..., AsyncCache]
@@ -645,13 +702,28 @@ class TestEarlyRefresh:
         cache = make_cache(namespace="far:", ttl=60, rand=lambda: 0.5)
         loader = Loader(delay=0.01)
         await cache.get_or_load("k", loader)  # the load: expiry and load time known
-        before = await command_calls(redis, "get", "evalsha_ro")
+        before = await command_calls(redis, "get", "evalsha")
         for _ in range(10):
             assert await cache.get_or_load("k", loader) == {"n": 1}
-        after = await command_calls(redis, "get", "evalsha_ro")
+        after = await command_calls(redis, "get", "evalsha")
         assert after["get"] - before["get"] == 10
-        assert after["evalsha_ro"] == before["evalsha_ro"]
+        assert after["evalsha"] == before["evalsha"]
         assert cache.stats.hits == 10
+
+    async def test_the_oldest_remembered_expiry_is_forgotten_first(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Past 4,096 remembered keys the oldest is forgotten: its hit runs the read script."""
+        cache = make_cache(namespace="many:", ttl=60, rand=lambda: 0.5)
+        loader = Loader()
+        for i in range(_HORIZONS_KEPT + 1):
+            await cache.get_or_load(f"k{i}", loader)
+        scripts = [(await command_calls(redis, "evalsha"))["evalsha"]]
+        for key in ("k1", f"k{_HORIZONS_KEPT}", "k0"):
+            assert await cache.get_or_load(key, loader) == {"n": int(key[1:]) + 1}
+            scripts.append((await command_calls(redis, "evalsha"))["evalsha"])
+        # k1 and the newest are still known (a plain GET); k0, the oldest, was dropped
+        assert [b - a for a, b in itertools.pairwise(scripts)] == [0, 0, 1]
 
     async def test_near_expiry_the_metadata_is_read_and_xfetch_decides(
         self, make_cache: Callable[..., AsyncCache], redis
@@ -661,10 +733,11 @@ class TestEarlyRefresh:
         cache = make_cache(namespace="near:", ttl=1.0, rand=lambda: 1 - 1e-10)
         loader = Loader(lambda n: f"v{n}", delay=0.05)
         assert await cache.get_or_load("k", loader) == "v1"
-        before = await command_calls(redis, "evalsha_ro")
+        before = await command_calls(redis, "evalsha")
         assert await cache.get_or_load("k", loader) == "v2"  # refreshed early
-        after = await command_calls(redis, "evalsha_ro")
-        assert after["evalsha_ro"] - before["evalsha_ro"] == 1
+        after = await command_calls(redis, "evalsha")
+        # the read script (value, PTTL, load time), then the refresh: lease and store
+        assert after["evalsha"] - before["evalsha"] == 3
         assert cache.stats.early_refreshes == 1
 
     async def test_xfetch_draw_near_expiry_reloads_inline(

@@ -162,6 +162,18 @@ class TestCache:
         assert set(scripts) <= {"evalsha", "evalsha_ro"}
         assert sum(scripts.values()) <= 1
 
+    async def test_get_or_load_cold_miss_is_two_round_trips(self, counted: Counted) -> None:
+        """A get_or_load() miss takes the lease in its read and then stores: two EVALSHAs."""
+        cache = AsyncCache(counted.client, namespace="user:", ttl=60)
+
+        async def loader() -> dict[str, str]:
+            return {"name": "Ada"}
+
+        value, round_trips, scripts = await counted.measure(lambda: cache.get_or_load("1", loader))
+        assert (value, round_trips, scripts) == ({"name": "Ada"}, 2, {"evalsha": 2})
+        assert await counted.client.get("user:1") == b'{"name":"Ada"}'
+        assert not await counted.client.exists("{user:1}:lease")
+
 
 class TestLock:
     async def test_acquire_and_release_are_one_round_trip_each(self, counted: Counted) -> None:

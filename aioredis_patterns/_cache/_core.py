@@ -10,6 +10,7 @@ import random
 import secrets
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -79,6 +80,15 @@ class CacheStats:
 
 
 @dataclass(frozen=True)
+class _Leased:
+    """A read that found no value and took the key's lease: this caller loads."""
+
+    keys: tuple[str, str, str]
+    """The value key, its load-time key and its lease key (:func:`_side_keys`)."""
+    token: str
+
+
+@dataclass(frozen=True)
 class _Entry:
     value: Any
     pttl: int
@@ -97,6 +107,11 @@ def _as_int(data: Any) -> int | None:
         return int(data)
     except (TypeError, ValueError):
         return None
+
+
+def _side_keys(full: str) -> tuple[str, str, str]:
+    """The value key and its companions in its cluster slot: load time, lease."""
+    return full, derived_key(full, ":meta"), derived_key(full, ":lease")
 
 
 def _kind(reply: Any) -> str:
@@ -200,7 +215,9 @@ class AsyncCache:
         self._down_until = 0.0
         # full key -> (expiry on self._clock, load time ms), learnt from this process's
         # reads and writes, so a hit far from expiry can skip XFetch's metadata read.
-        self._horizons: dict[str, tuple[float, int]] = {}
+        # An OrderedDict, not a dict: evicting the oldest of a dict (del d[next(iter(d))])
+        # scans the slots left by earlier evictions, 1.9 µs a miss against 0.3 µs here.
+        self._horizons: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._flights: dict[str, Flight] = {}
         self._tg: TaskGroup | None = None
         self._key_builders: weakref.WeakKeyDictionary[Callable[..., Any], KeyBuilder] = (
@@ -461,6 +478,7 @@ class AsyncCache:
         full = self._full(key)
         ttl_ms = self._call_ttl_ms(ttl)
         force = False
+        lease: _Leased | None = None
         flight = self._flights.get(full)
         if (flight is None or flight.refresh) and not self._skipping_redis():
             # One draw per call serves both the choice of read and XFetch's decision,
@@ -478,19 +496,23 @@ class AsyncCache:
                     if full not in self._flights and self._xfetch_due(entry, u):
                         return cast(T, await self._refresh_early(full, loader, ttl_ms, entry))
                     return cast(T, entry.value)
+                if isinstance(entry, _Leased):
+                    lease = entry
                 force = entry is _CORRUPT
         self.stats.misses += 1
-        return cast(T, await self._join_or_lead(full, loader, ttl_ms, force=force))
+        return cast(T, await self._join_or_lead(full, loader, ttl_ms, force=force, lease=lease))
 
     async def _get(self, full: str) -> bytes | str | None:
         return cast("bytes | str | None", await self._send(("GET", full)))
 
-    async def _read(self, full: str, u: float) -> _Entry | object:
-        """One round trip: the entry, or _MISSING, or _CORRUPT.
+    async def _read(self, full: str, u: float) -> _Entry | _Leased | object:
+        """One round trip: the entry, _MISSING, _CORRUPT, or the lease taken on a miss.
 
-        With early refresh on, the read is the ``cache_read`` script (value, PTTL
-        and load time), unless this process knows the key is so far from expiry
-        that XFetch with this *u* cannot fire: then it is a plain GET.
+        With early refresh on, the read is the ``cache_acquire`` script: the value
+        with its PTTL and load time, or, where there is no value, the key's lease,
+        so that a cold miss costs two round trips (this one and the store), not
+        three. When this process knows the key is so far from expiry that XFetch
+        with this *u* cannot fire, the read is a plain GET.
         """
         data: bytes | str | None
         if not self._beta or not self._may_refresh(full, u):
@@ -500,16 +522,19 @@ class AsyncCache:
                 return _MISSING
             value = self._decode(full, data)
             return _CORRUPT if value is _CORRUPT else _Entry(value, -1, None)
-        reply = await self._book.run("cache_read", (full, derived_key(full, ":meta")))
-        data = reply[0]
-        if data is None:
+        keys = _side_keys(full)
+        token = secrets.token_hex(16)
+        reply = await self._acquire(keys, token, force=False)
+        kind = _kind(reply)
+        if kind != "hit":
             self._horizons.pop(full, None)
-            return _MISSING
-        value = self._decode(full, data)
-        corrupt = value is _CORRUPT
-        if not corrupt:
-            self._remember(full, int(reply[1]), _as_int(reply[2]))
-        return _CORRUPT if corrupt else _Entry(value, int(reply[1]), _as_int(reply[2]))
+            return _Leased(keys, token) if kind == "acquired" else _MISSING
+        value = self._decode(full, reply[1])
+        if value is _CORRUPT:
+            return value
+        entry = _Entry(value, int(reply[2]), _as_int(reply[3]))
+        self._remember(full, entry.pttl, entry.delta)
+        return entry
 
     def _remember(self, full: str, pttl_ms: int | None, delta_ms: int | None) -> None:
         """Note when *full* expires and how long it took to load, as far as we know."""
@@ -517,7 +542,7 @@ class AsyncCache:
             self._horizons.pop(full, None)
             return
         if full not in self._horizons and len(self._horizons) >= _HORIZONS_KEPT:
-            del self._horizons[next(iter(self._horizons))]  # the oldest entry
+            self._horizons.popitem(last=False)  # the oldest entry
         self._horizons[full] = (self._clock() + pttl_ms / 1000, delta_ms)
 
     def _may_refresh(self, full: str, u: float) -> bool:
@@ -548,19 +573,37 @@ class AsyncCache:
     # -- in-process single flight -----------------------------------------------
 
     async def _join_or_lead(
-        self, full: str, loader: Callable[[], Awaitable[Any]], ttl_ms: int | None, *, force: bool
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl_ms: int | None,
+        *,
+        force: bool,
+        lease: _Leased | None,
     ) -> Any:
+        """Load *full* once in this process, or wait for the load under way.
+
+        *lease* is the lease this caller's read took, if it took one. When another
+        task of this process began a load during that read (it found the lease
+        held, so it waits for it), the lease is handed back and this caller joins
+        that load.
+        """
         joined = False
         while True:
             flight = self._flights.get(full)
+            if flight is not None and lease is not None:
+                await self._release(lease.keys[2], lease.token)
+                lease = None
+                continue
             if flight is None:
                 flight = self._flights[full] = Flight()
                 if self._tg is None:
-                    return await self._lead(full, loader, ttl_ms, flight, force=force)
+                    return await self._lead(full, loader, ttl_ms, flight, force=force, lease=lease)
                 # Made here, not in the host task, so waiters that all leave before
                 # the host runs still cancel it.
                 flight.scope = anyio.CancelScope()
-                self._tg.start_soon(self._host, full, loader, ttl_ms, flight, force)
+                self._tg.start_soon(self._host, full, loader, ttl_ms, flight, force, lease)
+                lease = None  # the hosted load owns it now
             elif flight.refresh:
                 # An early refresh is writing a value; once it is done the lease
                 # check below finds that value instead of loading again.
@@ -581,10 +624,11 @@ class AsyncCache:
         flight: Flight,
         *,
         force: bool,
+        lease: _Leased | None,
     ) -> Any:
         """Load in this caller's task; if it is cancelled, a waiter takes over."""
         try:
-            flight.result = await self._load_cold(full, loader, ttl_ms, force=force)
+            flight.result = await self._load_cold(full, loader, ttl_ms, force=force, lease=lease)
         except Exception as exc:
             flight.fail(exc)
             raise
@@ -602,6 +646,7 @@ class AsyncCache:
         ttl_ms: int | None,
         flight: Flight,
         force: bool,
+        lease: _Leased | None,
     ) -> None:
         """Load in the cache's task group; cancelled only when every waiter has left."""
         completed = False
@@ -609,7 +654,9 @@ class AsyncCache:
         try:
             with flight.scope:
                 try:
-                    flight.result = await self._load_cold(full, loader, ttl_ms, force=force)
+                    flight.result = await self._load_cold(
+                        full, loader, ttl_ms, force=force, lease=lease
+                    )
                 except Exception as exc:
                     flight.fail(exc)
                 completed = True
@@ -644,11 +691,20 @@ class AsyncCache:
         self._down_until = now + self._outage_backoff
 
     async def _load_cold(
-        self, full: str, loader: Callable[[], Awaitable[Any]], ttl_ms: int | None, *, force: bool
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl_ms: int | None,
+        *,
+        force: bool,
+        lease: _Leased | None,
     ) -> Any:
+        """Take the lease (unless *lease* is already held), load and store."""
+        if lease is not None:
+            return await self._load_and_store(lease.keys, loader, ttl_ms, lease.token)
         if self._skipping_redis():
             return (await self._call_loader(loader))[0]
-        keys = (full, derived_key(full, ":meta"), derived_key(full, ":lease"))
+        keys = _side_keys(full)
         token = secrets.token_hex(16)
         poll = _POLL_FIRST
         # The lease expires by itself, so waiting is bounded by it; the deadline only
@@ -774,7 +830,7 @@ class AsyncCache:
 
         The current value is still valid, so a failure here is logged, never raised.
         """
-        keys = (full, derived_key(full, ":meta"), derived_key(full, ":lease"))
+        keys = _side_keys(full)
         token = secrets.token_hex(16)
         try:
             reply = await self._acquire(keys, token, force=True)
