@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from aioredis_patterns import (
     AsyncCache,
@@ -346,6 +346,42 @@ class TestSeedLayout:
         await plain.get_or_load("k", Loader())
         assert await redis.exists("{m0:k}:meta") == 0
         assert await redis.keys("*lease*") == []
+
+
+class TestTopologies:
+    async def test_one_load_for_two_processes_on_every_topology(
+        self, topology: Redis | RedisCluster
+    ):
+        """Two caches (two processes) missing one key at once load it once, on each topology."""
+        first, second = (AsyncCache(topology, namespace="topo:", ttl=30) for _ in range(2))
+        loader = Loader(delay=0.2)
+        results: list[Any] = []
+
+        async def read(cache: AsyncCache) -> None:
+            results.append(await cache.get_or_load("user:1", loader))
+
+        async with anyio.create_task_group() as tg:
+            for cache in (first, second, first, second):
+                tg.start_soon(read, cache)
+        assert (loader.calls, results) == (1, [{"n": 1}] * 4)
+        assert first.stats.lease_waits + second.stats.lease_waits >= 1  # the other held the lease
+        assert await topology.get("topo:user:1") == b'{"n":1}'
+        assert not await topology.exists("{topo:user:1}:lease")
+        assert 0 < await topology.pttl("{topo:user:1}:meta") <= 30_000
+
+    async def test_plain_operations_across_slots_on_every_topology(
+        self, topology: Redis | RedisCluster
+    ):
+        """set_many, get_many, set, get and delete over 30 keys (every slot range) agree."""
+        cache = AsyncCache(topology, namespace="topo:", ttl=30)
+        values = {f"k{i}": {"i": i} for i in range(30)}
+        await cache.set_many(values)
+        await cache.set("k0", "replaced")
+        found = await cache.get_many([*values, "absent"])
+        assert found == {**values, "k0": "replaced"}
+        assert await cache.get("k29") == {"i": 29}
+        assert await cache.delete(*values, "absent") == 30
+        assert await cache.get_many(values) == {}
 
 
 class TestSingleFlight:
