@@ -667,7 +667,7 @@ class AsyncCache:
     def _land(self, full: str, flight: Flight) -> None:
         if self._flights.get(full) is flight:
             del self._flights[full]
-        flight.done.set()
+        flight.land()
 
     # -- across processes: the lease --------------------------------------------
 

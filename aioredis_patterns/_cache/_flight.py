@@ -18,11 +18,23 @@ class Flight:
     readers of the same key from starting a second refresh.
     """
 
-    __slots__ = ("abandoned", "done", "error", "refresh", "result", "scope", "traceback", "waiters")
+    __slots__ = (
+        "_done",
+        "abandoned",
+        "error",
+        "landed",
+        "refresh",
+        "result",
+        "scope",
+        "traceback",
+        "waiters",
+    )
 
     def __init__(self, *, refresh: bool = False) -> None:
         self.refresh = refresh
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
+        self.landed = False
+        """Set by :meth:`land`: the flight is over, whatever its outcome."""
         self.result: Any = None
         self.error: Exception | None = None
         self.traceback: TracebackType | None = None
@@ -31,6 +43,21 @@ class Flight:
         self.waiters = 0
         self.scope: anyio.CancelScope | None = None
         """Cancels a load hosted in the cache's task group once every waiter has left."""
+
+    @property
+    def done(self) -> anyio.Event:
+        """Set when the flight has landed. Made on first use: most flights have no waiter."""
+        if self._done is None:
+            self._done = anyio.Event()
+            if self.landed:
+                self._done.set()
+        return self._done
+
+    def land(self) -> None:
+        """The flight is over: wake its waiters."""
+        self.landed = True
+        if self._done is not None:
+            self._done.set()
 
     def fail(self, exc: Exception) -> None:
         self.error = exc
@@ -43,7 +70,7 @@ class Flight:
             await self.done.wait()
         finally:
             self.waiters -= 1
-            if self.waiters == 0 and not self.done.is_set() and self.scope is not None:
+            if self.waiters == 0 and not self.landed and self.scope is not None:
                 self.scope.cancel()
 
     def outcome(self) -> Any:
