@@ -1040,6 +1040,42 @@ class TestFailOpen:
             finally:
                 await client.aclose()
 
+    async def test_link_lost_during_a_load_returns_the_value_and_the_lease_expires(
+        self, redis_server: RedisServer
+    ):
+        """Cut off after the read took the lease: the value is served; the lease lapses by TTL."""
+        redis = Redis.from_url(redis_server.url)  # straight to the server, not through the proxy
+        with FaultProxy(redis_server.port) as proxy:
+            client = await connect(proxy.url, timeout=0.3, retries=0)
+            try:
+                cache = AsyncCache(
+                    client, namespace="cut:", ttl=60, lease_ttl=0.5, outage_backoff=0.1
+                )
+
+                async def load_while_cut_off() -> str:
+                    assert await redis.exists("{cut:k}:lease")  # the read took it
+                    proxy.blackhole()
+                    return "loaded"
+
+                with anyio.fail_after(2):
+                    assert await cache.get_or_load("k", load_while_cut_off) == "loaded"
+                assert cache.stats.redis_errors == 1
+                assert await redis.exists("{cut:k}:lease")  # the store never arrived
+                assert not await redis.exists("cut:k")
+
+                proxy.restore()
+                await anyio.sleep(0.15)  # past the outage backoff
+                loader = Loader(lambda n: "reloaded")
+                started = time.monotonic()
+                with anyio.fail_after(3):
+                    assert await cache.get_or_load("k", loader) == "reloaded"
+                # it waited for the orphaned lease to expire (0.5 s from the cut), no longer
+                assert time.monotonic() - started < 1.0
+                assert (loader.calls, await redis.get("cut:k")) == (1, b'"reloaded"')
+            finally:
+                await client.aclose()
+                await redis.aclose()
+
     async def test_fail_open_false_raises_redis_unavailable(self, redis_server: RedisServer):
         """fail_open=False: an unreachable Redis raises RedisUnavailable; no loader call."""
         client = await connect(redis_server.url, timeout=0.5, retries=0)
