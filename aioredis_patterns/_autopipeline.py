@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +29,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._exceptions import InvalidArgument
-from ._fastpath import direct
+from ._fastpath import Direct, direct
 from ._validation import positive_int
 
 __all__ = ["AutopipelineStats", "autopipeline"]
@@ -66,29 +66,44 @@ class AutopipelineStats:
     """Batches that failed as a whole (a connection error, or the block was cancelled)."""
 
 
+_RUNS_DIRECTLY: dict[str | bytes, bool] = {}
+
+
 def _runs_directly(name: Any) -> bool:
-    if isinstance(name, bytes):
-        name = name.decode("ascii", "replace")
-    return str(name).split(" ", 1)[0].upper() in _DIRECT
+    known = _RUNS_DIRECTLY.get(name) if type(name) in (str, bytes) else None
+    if known is None:
+        word = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        known = word.split(" ", 1)[0].upper() in _DIRECT
+        if type(name) in (str, bytes) and len(_RUNS_DIRECTLY) < 4096:
+            _RUNS_DIRECTLY[name] = known  # command names are few; never grow without bound
+    return known
 
 
 class _Batches:
     """The queue of one autopipelined client and the tasks that send it in batches.
 
-    *direct* runs one command the ordinary way; *pipeline* makes an empty
-    non-transactional pipeline on the wrapped client.
+    *full* runs one command the ordinary way (``execute_command``); *pipeline*
+    makes an empty non-transactional pipeline on the wrapped client. Given
+    *short*, the :class:`~aioredis_patterns._fastpath.Direct` sender of the
+    wrapped client, a command alone that needs no reply callback (a script call,
+    say) is sent by it rather than by *full*; *callbacks* are the client's reply
+    callbacks, by command name.
     """
 
     def __init__(
         self,
-        direct: Callable[..., Awaitable[Any]],
+        full: Callable[..., Awaitable[Any]],
         pipeline: Callable[[], Any],
         *,
         concurrency: int,
         max_batch: int,
+        short: Direct | None = None,
+        callbacks: Mapping[str | bytes, Any] | None = None,
     ) -> None:
-        self._direct_call = direct
+        self._full = full
         self._pipeline = pipeline
+        self._short = short
+        self._callbacks = callbacks or {}
         self._concurrency = concurrency
         self._max_batch = max_batch
         self.group: TaskGroup | None = None
@@ -98,25 +113,66 @@ class _Batches:
         self._batches = 0  # batch tasks started and not yet finished
         self._starting = False  # a batch task was started and has not taken the queue yet
 
+    def _alone(self, name: Any) -> bool:
+        """Whether a command runs directly: nothing else is in flight, or it must."""
+        return (
+            self.group is None or (self._direct == 0 and self._batches == 0) or _runs_directly(name)
+        )
+
     async def run(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """Run one command: directly when alone (or blocking), else in the next batch."""
+        """Run one command as ``execute_command`` does: alone or blocking directly, else batched."""
+        name = args[0]
+        if (
+            self._short is not None
+            and not options
+            and type(name) is str
+            and name not in self._callbacks
+            and not _runs_directly(name)
+        ):
+            return await self.send_unparsed(args)  # the reply needs no parsing
+        if not self._alone(name):
+            return await self._queue(args, options)
+        self._direct += 1
+        self.stats.direct += 1
+        try:
+            return await self._full(*args, **options)
+        finally:
+            self._direct -= 1
+
+    async def send_unparsed(self, args: tuple[Any, ...]) -> Any:
+        """Run one command and return its reply with no reply callback applied.
+
+        The short path of a pattern's :class:`ScriptBook` and cache: alone, the
+        command goes out on the *short* sender; in a batch, its name is sent as
+        bytes, which redis-py looks up in no callback table.
+        """
+        name = args[0]
+        if not self._alone(name):
+            if type(name) is str and name in self._callbacks:
+                args = (name.encode(), *args[1:])
+            return await self._queue(args, {})
+        assert self._short is not None, "send_unparsed needs the short sender"
+        self._direct += 1
+        self.stats.direct += 1
+        try:
+            return await self._short.send(args)
+        finally:
+            self._direct -= 1
+
+    def _queue(self, args: tuple[Any, ...], options: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue one command for the next batch; its future gets the reply."""
         group = self.group
-        if group is None or (self._direct == 0 and self._batches == 0) or _runs_directly(args[0]):
-            self._direct += 1
-            self.stats.direct += 1
-            try:
-                return await self._direct_call(*args, **options)
-            finally:
-                self._direct -= 1
+        assert group is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((args, options, future))
         if not self._starting and self._batches < self._concurrency:
             self._starting = True
             self._batches += 1
             group.start_soon(self._send_batches)
-        # A caller cancelled here leaves its command in the batch; it may still run,
-        # as it may when a cancelled caller's command was already written to a socket.
-        return await future
+        # A caller cancelled while awaiting the future leaves its command in the
+        # batch; it may still run, as it may when a cancelled caller's command was
+        # already written to a socket.
+        return future
 
     async def _send_batches(self) -> None:
         try:
@@ -177,40 +233,29 @@ class _Batching:
 
 
 class _AutoPipelined(_Batching, Redis):  # type: ignore[misc]  # redis-py's own bases clash
-    """A client on the same pool whose concurrent commands share pipelines."""
+    """A client on the same pool whose concurrent commands share pipelines.
+
+    A command alone with no options and no reply callback (a script call, say)
+    takes the short path a :class:`ScriptBook` takes on *client*; anything else,
+    and every blocking or connection-state command, goes through redis-py's
+    ``execute_command``. Where that short path exists, ``_send_unparsed`` is it,
+    behind the batching: :func:`~aioredis_patterns._fastpath.sender` hands it to
+    the patterns.
+    """
 
     def __init__(self, client: Redis, *, concurrency: int, max_batch: int) -> None:
         super().__init__(connection_pool=client.connection_pool)
         self.response_callbacks = client.response_callbacks
+        short = direct(client)
         self.batches = _Batches(
-            _lone_caller(self, client),
+            partial(Redis.execute_command, self),
             partial(self.pipeline, transaction=False),
             concurrency=concurrency,
             max_batch=max_batch,
+            short=short,
+            callbacks=self.response_callbacks,
         )
-
-
-def _lone_caller(piped: Redis, client: Redis) -> Callable[..., Awaitable[Any]]:
-    """How a command runs when it runs alone on *piped*.
-
-    A command with no options and no reply callback (a script call, say) takes the
-    short path a :class:`ScriptBook` takes on *client*; anything else, and every
-    blocking or connection-state command, goes through redis-py's
-    ``execute_command``.
-    """
-    full = partial(Redis.execute_command, piped)
-    sender = direct(client)
-    if sender is None:
-        return full
-    callbacks = piped.response_callbacks
-
-    async def lone(*args: Any, **options: Any) -> Any:
-        name = args[0]
-        if options or not isinstance(name, str) or name in callbacks or _runs_directly(name):
-            return await full(*args, **options)
-        return await sender.send(args)
-
-    return lone
+        self._send_unparsed = None if short is None else self.batches.send_unparsed
 
 
 class _AutoPipelinedCluster(_Batching, RedisCluster):  # type: ignore[misc]  # as above

@@ -91,13 +91,18 @@ def direct(client: Any) -> Direct | None:
 def sender(client: Any) -> Send:
     """How a pattern sends one command that has no reply callback (EVALSHA, GET) on *client*.
 
-    :meth:`Direct.send` where :func:`direct` allows it, else the client's own
-    ``execute_command``, which batches on :func:`autopipeline` and routes by slot on
-    a cluster.
+    :meth:`Direct.send` where :func:`direct` allows it; on :func:`autopipeline`'s
+    client, where its wrapped client allows it, the same sender behind the
+    batching; else the client's own ``execute_command``, which routes by slot on a
+    cluster. Only through ``execute_command`` are redis-py's reply callbacks
+    applied.
     """
     fast = direct(client)
     if fast is not None:
         return fast.send
+    own: Send | None = getattr(client, "_send_unparsed", None)
+    if own is not None:
+        return own
 
     async def through_client(args: tuple[Any, ...]) -> Any:
         return await client.execute_command(*args)
@@ -128,9 +133,12 @@ def packed_by_hiredis(encoder: Encoder, args: tuple[Any, ...]) -> bytes | None:
     if not _encodes_as_hiredis(encoder.encoding, encoder.encoding_errors):
         return None
     name = args[0]
-    if type(name) is not str:
+    if type(name) is bytes:
+        one_word: bool | None = b" " not in name
+    elif type(name) is str:
+        one_word = _ONE_WORD.get(name)
+    else:
         return None
-    one_word = _ONE_WORD.get(name)
     if one_word is None:
         one_word = name.split() == [name]
         if len(_ONE_WORD) < 4096:  # command names are few; never grow without bound

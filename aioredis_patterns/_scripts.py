@@ -262,7 +262,10 @@ class ScriptBook:
         """Send one plain command on the path :meth:`run` uses, and return the raw reply.
 
         For commands whose reply needs no parsing (``SET ... NX``, ``GET``): redis-py's
-        reply callbacks are not applied.
+        reply callbacks are not applied, on a plain client and on ``autopipeline()``'s,
+        alone or batched. Through a cluster or single-connection client, or while
+        redis-py's metrics are on, the command goes through ``execute_command`` and
+        its callback applies.
         """
         return await self._send(args)
 

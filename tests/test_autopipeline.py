@@ -210,6 +210,29 @@ class TestBatching:
         assert piped.stats.batched == 0
         assert ScriptBook.for_client(piped).stats.eval_fallbacks == 1
 
+    async def test_a_book_sends_plain_commands_unparsed_alone_and_in_a_batch(
+        self, redis: Redis
+    ) -> None:
+        """book.send_command's SET NX answers b'OK' or None alone and batched; piped.set() True."""
+        async with autopipeline(redis) as piped:
+            book = ScriptBook.for_client(piped)
+            alone = await book.send_command("SET", "raw:a", "1", "NX")
+            direct_before = piped.stats.direct
+            replies = await gather(
+                piped.get("raw:a"),  # runs directly, so the commands below queue behind it
+                *(book.send_command("SET", f"raw:{i}", "1", "NX") for i in range(5)),
+                book.send_command("SET", "raw:a", "2", "NX"),
+                piped.set("raw:parsed", "1"),
+            )
+        assert alone == b"OK"
+        assert replies[0] == b"1"
+        assert replies[1:6] == [b"OK"] * 5
+        assert replies[6] is None
+        assert replies[7] is True
+        assert piped.stats.direct == direct_before + 1
+        assert piped.stats.batched == 7
+        assert await redis.get("raw:a") == b"1"
+
 
 class TestFaults:
     async def test_cancelled_callers_leave_the_rest_of_the_batch_unharmed(

@@ -217,6 +217,7 @@ class TestPool:
             ("SET", b"k", b"\x00\xff", "PX", 1500),
             ("SET", "big", b"x" * 100_000),
             ("CONFIG GET", "maxmemory"),
+            (b"CONFIG GET", "maxmemory"),
             (b"GET", "k"),
             ("SET", "k", bytearray(b"ba")),
             ("SET", "k", memoryview(b"mv")),
