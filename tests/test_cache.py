@@ -596,7 +596,10 @@ class TestLease:
                         tg.start_soon(call, cache)
             assert loader.calls == 1
             assert results == [{"n": 1}] * 100
-            assert sum(c.stats.lease_waits for c in caches) == 4
+            # Four caches wait for the fifth's lease; a fifth wait happens when, in the
+            # leading cache, a read that found the lease held reaches the single flight
+            # before the read that took it (their replies come on separate connections).
+            assert sum(c.stats.lease_waits for c in caches) in (4, 5)
             assert await clients[0].exists("{ls:k}:lease") == 0
         finally:
             for client in clients:
