@@ -29,7 +29,7 @@ from aioredis_patterns import (
     ScriptBook,
     connect,
 )
-from aioredis_patterns._lock import _waiting
+from aioredis_patterns._lock import _alarms, _waiting
 from aioredis_patterns.testing import FaultProxy, RedisServer
 
 from .conftest import cancel_during_a_silent_release
@@ -873,3 +873,77 @@ class TestGoInterop:
             order.append("go unlocks")
             assert await go_unlock(redis, key, go_value) == 1
         assert order == ["go unlocks", "python"]
+
+
+class TestDeadlines:
+    """The lock blocks' deadlines, kept on one event-loop timer per loop (``_alarms``)."""
+
+    async def test_alarms_run_in_due_order_and_cancelled_ones_never(self) -> None:
+        """Of five alarms two are cancelled; the other three run once each, earliest first."""
+        ran: list[int] = []
+        delays = [0.05, 0.01, 0.03, 0.02, 0.04]
+        alarms = [
+            _alarms.call_later(delay, lambda i=i: ran.append(i)) for i, delay in enumerate(delays)
+        ]
+        alarms[3].cancel()
+        alarms[0].cancel()
+        alarms[0].cancel()  # twice is harmless
+        await anyio.sleep(0.1)
+        assert ran == [1, 2, 4]
+        alarms[1].cancel()  # after it ran: harmless too
+
+    async def test_an_alarm_fires_after_its_delay_not_before(self) -> None:
+        """An alarm set for 50 ms has not run at 30 ms and has run by 250 ms."""
+        fired = anyio.Event()
+        started = time.monotonic()
+        _alarms.call_later(0.05, fired.set)
+        await anyio.sleep(0.03)
+        assert not fired.is_set()
+        with anyio.fail_after(0.25):
+            await fired.wait()
+        assert time.monotonic() - started >= 0.05
+
+    async def test_cancelled_alarms_are_swept_and_live_ones_kept(self) -> None:
+        """20,000 alarms set and cancelled leave a small heap, and a live one among them runs."""
+        ran: list[str] = []
+        _alarms.call_later(0.05, lambda: ran.append("live"))
+        for _ in range(20_000):
+            _alarms.call_later(10.0, lambda: ran.append("cancelled")).cancel()
+        alarms = _alarms._BY_LOOP[asyncio.get_running_loop()]
+        assert len(alarms._heap) < 1_000
+        await anyio.sleep(0.1)
+        assert ran == ["live"]
+
+    async def test_a_failing_callback_is_logged_and_the_rest_still_run(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A callback that raises is logged; an alarm due at the same time still runs."""
+        ran: list[str] = []
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        with caplog.at_level(logging.ERROR, logger="aioredis_patterns.lock"):
+            _alarms.call_later(0.01, boom)
+            _alarms.call_later(0.01, lambda: ran.append("after"))
+            await anyio.sleep(0.05)
+        assert ran == ["after"]
+        assert "boom" in caplog.text
+
+    async def test_a_hundred_concurrent_blocks_start_their_watchdogs_on_time(
+        self, redis: Redis
+    ) -> None:
+        """100 blocks held 0.7 s with ttl 0.6 s: each watchdog extends; none loses its lock."""
+        locks = [AsyncLock(redis, f"dl:{i}", ttl=0.6) for i in range(100)]
+
+        async def hold(lock: AsyncLock) -> None:
+            async with lock:
+                await anyio.sleep(0.7)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for lock in locks:
+                    tg.start_soon(hold, lock)
+        assert all(lock.stats.extensions >= 1 for lock in locks)
+        assert sum(lock.stats.losses for lock in locks) == 0
+        assert await redis.exists(*(lock.key for lock in locks)) == 0

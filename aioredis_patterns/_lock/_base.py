@@ -7,7 +7,6 @@ task group, and turning a lost lease into :class:`LockLost`.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import secrets
 import time
@@ -22,6 +21,7 @@ from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
 from .._groups import first_error
 from .._slots import derived_key
 from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
+from ._alarms import Alarm, call_later
 from ._waiting import line_busy, line_for, poll_delay
 from ._watchdog import (
     Clock,
@@ -110,7 +110,7 @@ class Holder(ABC):
         self._fence: int | None = None
         self._acquiring = False
         self._tg: TaskGroup | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Alarm | None = None
         self._dog: Watchdog | None = None
         self.stats = LockStats()
         """Counters: acquires, extends, transient errors, wake-ups, losses."""
@@ -459,16 +459,14 @@ class Holder(ABC):
     def _arm_watchdog(self) -> None:
         """Start the watchdog in the block's task group when its first wake-up is due.
 
-        Until then there is only an event-loop timer: a hold shorter than that (a
-        third of the ttl, at most), the common case, never creates a task. The timer
+        Until then there is only an alarm (``_alarms``): a hold shorter than that (a
+        third of the ttl, at most), the common case, never creates a task. The alarm
         only decides when to look; the watchdog decides on the holder's clock.
         """
         lease = self._lease
         assert lease is not None
         due = wake_at(lease, self._hold_deadline(lease), extending=self._auto_extend)
-        self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, due - self._clock()), self._start_watchdog
-        )
+        self._timer = call_later(max(0.0, due - self._clock()), self._start_watchdog)
 
     def _start_watchdog(self) -> None:
         self._timer = None
@@ -529,7 +527,7 @@ class Holder(ABC):
         if lease is None:
             return None, None
         scope.shield = True
-        scope.deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
+        deadline = call_later(RELEASE_TIMEOUT, scope.cancel)
         try:
             return await self._release_token(lease.token), None
         except Exception as error:
@@ -538,6 +536,8 @@ class Holder(ABC):
             if not scope.cancel_called:
                 raise  # a cancellation that was on its way before the shield went up
             return None, self._release_timed_out()
+        finally:
+            deadline.cancel()
 
     def _release_timed_out(self) -> TimeoutError:
         return TimeoutError(f"releasing lock {self._name!r} timed out")

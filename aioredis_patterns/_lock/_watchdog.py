@@ -5,7 +5,7 @@ extends the lease every ttl/3 and tracks, with a monotonic clock, until when the
 holder can be sure it still holds the lock. When that is no longer true it cancels
 the block's body; the holder then raises :class:`LockLost`.
 
-Neither it nor its task is made with the block: the holder's event-loop timer
+Neither it nor its task is made with the block: the holder's alarm (``_alarms``)
 makes it and starts it in the block's task group when its first wake-up is due.
 A hold shorter than a third of the ttl, the common case, never creates a task,
 and its block then releases inside the group's cancel scope and closes it
