@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import logging
 import math
 import weakref
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Alarm", "call_later"]
+from ._watchdog import logger
 
-logger = logging.getLogger("aioredis_patterns.lock")
+__all__ = ["Alarm", "call_later"]
 
 _COMPACT_ABOVE: Final = 256
 """Heap size above which cancelled alarms are swept out once they are the majority."""
