@@ -350,12 +350,22 @@ class TestGcra:
         async def one() -> None:
             burst.append(await limiter.allow("k"))
 
+        async def ping() -> None:
+            await topology.ping()
+
         with anyio.fail_after(5):
+            # Open the pool's connections first (on Sentinel each new one asks the
+            # Sentinels for the primary), so that the 25 calls come at once.
+            async with anyio.create_task_group() as tg:
+                for _ in range(25):
+                    tg.start_soon(ping)
             async with anyio.create_task_group() as tg:
                 for _ in range(25):
                     tg.start_soon(one)
         admitted_in_burst = sum(r.allowed for r in burst)
-        assert limit <= admitted_in_burst <= limit + 1
+        # The burst, plus one emission for each interval the calls took on the server.
+        spread = max(r.decided_at for r in burst) - min(r.decided_at for r in burst)
+        assert limit <= admitted_in_burst <= limit + 1 + spread / interval
         burst_end = max(r.decided_at for r in burst)
         results = await hammer(limiter, "k", callers=1, duration=1.0, pause=0.004)
         admitted = sum(r.allowed for r in results)
