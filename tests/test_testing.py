@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from aioredis_patterns.testing import (
     RedisSentinelServer,
     RedisServer,
     RedisServerError,
+    free_port,
 )
 from aioredis_patterns.testing.pytest_plugin import (
     HOW_TO_PROVIDE_REDIS,
@@ -107,6 +109,39 @@ class TestRedisServer:
         with pytest.raises(RuntimeError, match="did not start"):
             server.start()
         server.close()
+
+    def test_free_port_never_hands_out_a_port_twice(self) -> None:
+        """500 calls to free_port() in one process return 500 different ports."""
+        ports = [free_port() for _ in range(500)]
+        assert len(set(ports)) == 500
+
+    def test_a_picked_port_taken_before_start_is_replaced(self) -> None:
+        """A server whose free port another listener took meanwhile starts on another one."""
+        server = RedisServer()
+        taken = server.port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            try:
+                server.start()
+                assert server.port != taken
+                assert server.running
+                with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    assert sock.recv(16).startswith(b"+PONG")
+            finally:
+                server.close()
+
+    def test_a_given_port_held_by_another_server_fails_start(self) -> None:
+        """A port given by the caller and held by another redis-server raises, though it PONGs."""
+        with RedisServer() as other:
+            server = RedisServer(port=other.port, startup_timeout=5)
+            try:
+                with pytest.raises(RedisServerError, match="Address already in use"):
+                    server.start()
+                assert not server.running
+            finally:
+                server.close()
 
 
 class TestSentinelGroup:

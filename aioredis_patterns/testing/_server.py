@@ -61,12 +61,28 @@ class RedisServerError(RuntimeError):
     """The test server could not be started."""
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports :func:`free_port` returned in this process (cleared when it grows large)."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Never one this process was handed before (until thousands were): the kernel
+    may offer the same free port to two calls in a row, and two servers of one
+    test (a primary and its replica, say) would then be given one port.
+    """
+    port = 0
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            break
+    if len(_HANDED_OUT) >= 4096:
+        _HANDED_OUT.clear()
+    _HANDED_OUT.add(port)
+    return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -123,6 +139,8 @@ class RedisServer(Launcher):
             raise RedisServerError("redis-server is not on PATH")
         self.binary = found
         self.port = port or free_port()
+        self._pick_port = port is None  # another free port may replace it before the first start
+        self._log_from = 0
         self.args = tuple(args)
         self.startup_timeout = startup_timeout
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -156,11 +174,29 @@ class RedisServer(Launcher):
         return Path(self._dir.name) / "redis.log" if self._dir else None
 
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers PING. Returns ``self``."""
+        """Start the server and wait until it answers PING. Returns ``self``.
+
+        A port picked by :func:`free_port` that something else took meanwhile is
+        replaced by another one, twice at most, before the first start succeeds;
+        a restart keeps its port.
+        """
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except RedisServerError as exc:
+                if not (self._pick_port and attempt < 2 and "Address already in use" in str(exc)):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_once(self) -> RedisServer:
         if self.running:
             return self
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="aioredis-patterns-")
+        log = self.logfile
+        # the log is appended to on every start: read this start's lines only
+        self._log_from = log.stat().st_size if log is not None and log.exists() else 0
         self._process = subprocess.Popen(
             self._command(Path(self._dir.name)),
             stdin=subprocess.DEVNULL,
@@ -174,13 +210,40 @@ class RedisServer(Launcher):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 break
-            if _ping(self.port, timeout=0.5):
+            # Still running after the answer: a server that failed to bind exits,
+            # and the PONG came from whatever else holds the port.
+            if _ping(self.port, timeout=0.5) and self._alive_after_bind():
+                self._pick_port = False
                 return self
             time.sleep(0.01)
         self._terminate(signal.SIGKILL)
         raise RedisServerError(
             f"redis-server on port {self.port} did not start: {self._log_tail()}"
         )
+
+    def _alive_after_bind(self) -> bool:
+        """Whether the process still runs once its log says it has bound its port.
+
+        Redis logs "Running mode=..., port=..." once it listens (a server and a
+        Sentinel alike), and "Address already in use" before it exits when it
+        cannot bind.
+        """
+        log = self.logfile
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                return False
+            text = ""
+            if log is not None and log.exists():
+                with log.open("rb") as file:
+                    file.seek(self._log_from)
+                    text = file.read().decode(errors="replace")
+            if "Address already in use" in text:
+                return False
+            if "Running mode=" in text or "Ready to accept connections" in text:
+                return True
+            time.sleep(0.005)
+        return self._process is not None and self._process.poll() is None
 
     def _command(self, directory: Path) -> list[str]:
         """The ``redis-server`` command line; the server runs in *directory*."""
