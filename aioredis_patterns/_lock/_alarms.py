@@ -49,7 +49,7 @@ class Alarm:
 class _Alarms:
     """The alarms of one event loop, and the one asyncio timer that serves them."""
 
-    __slots__ = ("__weakref__", "_armed_at", "_handle", "_heap", "_loop", "_order", "cancelled")
+    __slots__ = ("_armed_at", "_handle", "_heap", "_loop", "_order", "cancelled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)

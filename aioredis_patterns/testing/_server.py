@@ -210,9 +210,9 @@ class RedisServer(Launcher):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 break
-            # Still running after the answer: a server that failed to bind exits,
-            # and the PONG came from whatever else holds the port.
-            if _ping(self.port, timeout=0.5) and self._alive_after_bind():
+            # A PONG alone may come from whatever else holds the port: the server
+            # must also have said that it listens.
+            if self._listening() and _ping(self.port, timeout=0.5):
                 self._pick_port = False
                 return self
             time.sleep(0.01)
@@ -221,29 +221,20 @@ class RedisServer(Launcher):
             f"redis-server on port {self.port} did not start: {self._log_tail()}"
         )
 
-    def _alive_after_bind(self) -> bool:
-        """Whether the process still runs once its log says it has bound its port.
+    def _listening(self) -> bool:
+        """Whether this start's log says the server has bound its port.
 
         Redis logs "Running mode=..., port=..." once it listens (a server and a
-        Sentinel alike), and "Address already in use" before it exits when it
-        cannot bind.
+        Sentinel alike); one that cannot bind logs "Address already in use" and
+        exits, which the caller's poll of the process sees.
         """
         log = self.logfile
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            text = ""
-            if log is not None and log.exists():
-                with log.open("rb") as file:
-                    file.seek(self._log_from)
-                    text = file.read().decode(errors="replace")
-            if "Address already in use" in text:
-                return False
-            if "Running mode=" in text or "Ready to accept connections" in text:
-                return True
-            time.sleep(0.005)
-        return self._process is not None and self._process.poll() is None
+        if log is None or not log.exists():
+            return False
+        with log.open("rb") as file:
+            file.seek(self._log_from)
+            text = file.read().decode(errors="replace")
+        return "Running mode=" in text or "Ready to accept connections" in text
 
     def _command(self, directory: Path) -> list[str]:
         """The ``redis-server`` command line; the server runs in *directory*."""
