@@ -96,7 +96,7 @@ async def retry_forever(
     *,
     backoff: Backoff,
     what: str,
-    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
 ) -> NoReturn:
     """Run *session* again and again, sleeping per *backoff* after each connection error.
 

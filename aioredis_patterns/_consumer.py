@@ -20,7 +20,8 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._exceptions import PubSubError
+from ._backoff import Backoff, retry_forever
+from ._exceptions import InvalidArgument, PubSubError
 from ._groups import first_error
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport there
@@ -46,9 +47,22 @@ class ConsumerRuntime:
 
     _what = "consumer"
 
-    def __init__(self, *, max_concurrency: int, close_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        close_timeout: float,
+        backoff: Backoff | None,
+        sleep: Callable[[float], Awaitable[object]],
+    ) -> None:
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise InvalidArgument("backoff must be a Backoff")
+        if not callable(sleep):
+            raise InvalidArgument("sleep must be an async callable")
         self._max_concurrency = max_concurrency
         self._close_timeout = close_timeout
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
         self._state: State = "new"
         self._tg: TaskGroup | None = None
         self._reader_scope: anyio.CancelScope | None = None
@@ -67,7 +81,17 @@ class ConsumerRuntime:
         """Connect before any task starts; an error here fails ``__aenter__``."""
 
     async def _read(self) -> None:
-        """The reader: runs until cancelled, or raises to fail the consumer."""
+        """The reader: runs until cancelled, or raises to fail the consumer.
+
+        By default it runs :meth:`_session` again after each connection error,
+        waiting per the backoff with the consumer's ``sleep``.
+        """
+        await retry_forever(
+            self._session, backoff=self._backoff, what=self._what, sleep=self._sleep
+        )
+
+    async def _session(self, healthy: Callable[[], None]) -> None:
+        """One connected session of the reader; call *healthy* once it works."""
         await anyio.sleep_forever()
 
     async def _work(self) -> None:

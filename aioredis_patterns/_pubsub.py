@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._backoff import Backoff, retry_forever
+from ._backoff import Backoff
 from ._codecs import CodecLike, resolve_codec
 from ._consumer import ConsumerRuntime
 from ._exceptions import InvalidArgument, PubSubError, RedisUnavailable
@@ -214,6 +214,7 @@ class AsyncPubSub(ConsumerRuntime):
         max_concurrency: handler calls that may run at once.
         on_gap: called (sync or async) with each :class:`Gap`; errors are logged.
         backoff: reconnect delays; the default starts at 50 ms and caps at 2 s.
+        sleep: what the reconnect backoff awaits (tests pass a fake).
         health_check_interval: after this long without traffic the consumer sends
             PING; with no answer for another interval the connection is declared
             dead, so a silent socket is noticed within two intervals.
@@ -236,6 +237,7 @@ class AsyncPubSub(ConsumerRuntime):
         max_concurrency: int = 1,
         on_gap: GapHandler | None = None,
         backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
         health_check_interval: Duration = 2.0,
         close_timeout: Duration = 5.0,
     ) -> None:
@@ -247,11 +249,11 @@ class AsyncPubSub(ConsumerRuntime):
             )
         if on_gap is not None and not callable(on_gap):
             raise InvalidArgument("on_gap must be callable")
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise InvalidArgument("backoff must be a Backoff")
         super().__init__(
             max_concurrency=positive_int(max_concurrency, "max_concurrency"),
             close_timeout=to_seconds(close_timeout, "close_timeout"),
+            backoff=backoff,
+            sleep=sleep,
         )
         self._client = client
         self._pool = pool
@@ -262,7 +264,6 @@ class AsyncPubSub(ConsumerRuntime):
         self._handler_queue: BoundedQueue[_Delivery] = BoundedQueue(size, policy)
         self._stream_queue: BoundedQueue[_Delivery | Gap] = BoundedQueue(size, policy)
         self._on_gap = on_gap
-        self._backoff = backoff or Backoff()
         self._health_check_interval = to_seconds(health_check_interval, "health_check_interval")
         self._write_timeout = max(1.0, 2 * self._health_check_interval)
 
@@ -552,9 +553,6 @@ class AsyncPubSub(ConsumerRuntime):
         """PING on *conn* before it subscribes, so start-up fails loudly on a dead server."""
         await conn.send_command("PING", check_health=False)
         await conn.read_response()
-
-    async def _read(self) -> None:
-        await retry_forever(self._session, backoff=self._backoff, what="AsyncPubSub")
 
     async def _session(self, healthy: Callable[[], None]) -> None:
         if self._state != "running":

@@ -183,6 +183,8 @@ class AsyncRateLimiter:
         client_time: the client's wall clock in Unix seconds, used only with
             ``clock="client"``.
         sleep: what :meth:`acquire` awaits between tries.
+        monotonic: the clock, in seconds, on which :meth:`acquire` measures its
+            *timeout*. It must advance as *sleep* sleeps: tests pass a fake pair.
         scripts: the :class:`ScriptBook` to use; default, the client's shared book.
 
     Raises:
@@ -203,6 +205,7 @@ class AsyncRateLimiter:
         clock: Literal["server", "client"] = "server",
         client_time: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
+        monotonic: Callable[[], float] = anyio.current_time,
         scripts: ScriptBook | None = None,
     ) -> None:
         if algorithm not in ALGORITHMS:
@@ -222,6 +225,7 @@ class AsyncRateLimiter:
         self._client_clock = clock == "client"
         self._client_time = client_time
         self._sleep = sleep
+        self._monotonic = monotonic
         self._book = scripts or ScriptBook.for_client(client)
         self._script = f"ratelimit_{algorithm}"
         # sliding_log keeps one key for every limit; the others one key per limit.
@@ -341,14 +345,14 @@ class AsyncRateLimiter:
         limit = optional_seconds(timeout, "timeout")
         self.keys(key)
         self._check_cost(cost)
-        deadline = None if limit is None else anyio.current_time() + limit
+        deadline = None if limit is None else self._monotonic() + limit
         while True:
             result = await self.allow(key, cost=cost)
             if result.allowed:
                 return result
             delay = max(_MIN_SLEEP, result.retry_after * (1 + _JITTER * random.random()))
             if deadline is not None:
-                left = deadline - anyio.current_time()
+                left = deadline - self._monotonic()
                 if result.retry_after > left:
                     raise RateLimited(result.retry_after)
                 delay = min(delay, left)

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from ._backoff import Backoff, is_connection_error, retry_forever
+from ._backoff import Backoff, is_connection_error
 from ._codecs import CodecLike, resolve_codec
 from ._consumer import ConsumerRuntime
 from ._exceptions import InvalidArgument, RedisUnavailable
@@ -243,6 +243,7 @@ class AsyncStreamConsumer(ConsumerRuntime):
         start_id: where a newly created group starts: ``"0"`` (default) for the
             whole stream, ``"$"`` for entries added from now on.
         backoff: reconnect delays; the default starts at 50 ms and caps at 2 s.
+        sleep: what the reconnect backoff awaits (tests pass a fake).
         close_timeout: bound on :meth:`aclose`; unfinished entries stay pending.
 
     Raises:
@@ -272,15 +273,16 @@ class AsyncStreamConsumer(ConsumerRuntime):
         queue_size: int | None = None,
         start_id: str = "0",
         backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
         close_timeout: Duration = 5.0,
     ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler must be an async callable")
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise InvalidArgument("backoff must be a Backoff")
         super().__init__(
             max_concurrency=positive_int(max_concurrency, "max_concurrency"),
             close_timeout=to_seconds(close_timeout, "close_timeout"),
+            backoff=backoff,
+            sleep=sleep,
         )
         self._client = client
         self.stream = non_empty_str(stream, "stream")
@@ -315,7 +317,6 @@ class AsyncStreamConsumer(ConsumerRuntime):
             self._batch if queue_size is None else positive_int(queue_size, "queue_size"),
             "block",
         )
-        self._backoff = backoff or Backoff()
 
         self._held: set[str] = set()  # ids queued or being handled here
         self._own_cursor: str | None = "0"
@@ -366,9 +367,6 @@ class AsyncStreamConsumer(ConsumerRuntime):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-
-    async def _read(self) -> None:
-        await retry_forever(self._session, backoff=self._backoff, what="AsyncStreamConsumer")
 
     async def _session(self, healthy: Callable[[], None]) -> None:
         if self._sessions:

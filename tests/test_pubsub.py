@@ -216,7 +216,7 @@ class TestSubscriptions:
             await ps.subscribe(name())
 
     async def test_bad_arguments_are_rejected_before_any_round_trip(self, client: Redis) -> None:
-        """Bad overflow, queue size, codec, handler or names raise InvalidArgument."""
+        """Bad overflow, queue size, codec, backoff, sleep, handler or names: InvalidArgument."""
         with pytest.raises(InvalidArgument, match="overflow"):
             AsyncPubSub(client, overflow="drop")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="queue_size"):
@@ -225,6 +225,10 @@ class TestSubscriptions:
             AsyncPubSub(client, codec=42)
         with pytest.raises(InvalidArgument, match="connection pool"):
             AsyncPubSub(object())
+        with pytest.raises(InvalidArgument, match="backoff"):
+            AsyncPubSub(client, backoff=2.0)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="sleep"):
+            AsyncPubSub(client, sleep=None)  # type: ignore[arg-type]
         async with AsyncPubSub(client) as ps:
             with pytest.raises(InvalidArgument):
                 await ps.subscribe()
@@ -641,8 +645,14 @@ class TestReconnect:
         """subscribe() during an outage returns once the new connection has confirmed it."""
         client = await aioredis_patterns.connect(redis_server.url, load_scripts=False)
         first, second = name(), name()
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            await anyio.sleep(seconds)
+
         try:
-            async with AsyncPubSub(client, backoff=Backoff(0.2, 0.2)) as ps:
+            async with AsyncPubSub(client, backoff=Backoff(0.2, 0.2, jitter=0), sleep=sleep) as ps:
                 await ps.subscribe(first)
                 redis_server.kill()
                 await eventually(lambda: not ps.connected)
@@ -657,6 +667,9 @@ class TestReconnect:
                 ]
         finally:
             await client.aclose()
+        # the reconnect waited through the injected sleep, as the backoff said
+        assert waits
+        assert set(waits) == {0.2}
 
     def test_backoff_grows_exponentially_with_jitter_and_caps(self) -> None:
         """Delays double from `initial` up to `maximum`, shortened by at most `jitter`."""

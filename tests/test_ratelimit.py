@@ -669,6 +669,28 @@ class TestAcquire:
         assert isinstance(caught.value, TimeoutError)
         assert sleeps == []
 
+    async def test_acquire_measures_its_timeout_on_the_injected_clock(self, redis: Redis) -> None:
+        """With a fake sleep and clock, acquire gives up once the fake time passes the timeout."""
+        now = 1000.0
+        sleeps: list[float] = []
+
+        def monotonic() -> float:
+            return now
+
+        async def sleep(seconds: float) -> None:
+            nonlocal now
+            sleeps.append(seconds)
+            now += seconds  # no real time passes: Redis still refuses on the next try
+
+        limiter = AsyncRateLimiter(redis, limit=1, window=30.0, sleep=sleep, monotonic=monotonic)
+        await limiter.allow("k")
+        with anyio.fail_after(2), pytest.raises(RateLimited):
+            await limiter.acquire("k", timeout=45)
+        # One sleep of retry_after (30 s plus jitter) on the fake clock; then the 9-15
+        # fake seconds left cannot cover the next retry_after, so it stops there.
+        assert len(sleeps) == 1
+        assert 29 < sleeps[0] <= 36.01
+
     async def test_concurrent_acquirers_are_all_served_at_the_configured_rate(
         self, redis: Redis
     ) -> None:

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 import aioredis_patterns
 from aioredis_patterns import (
     AsyncStreamConsumer,
+    Backoff,
     InvalidArgument,
     PubSubError,
     SerializationError,
@@ -137,7 +138,7 @@ class TestDelivery:
         assert await client.exists("s") == 0
 
     async def test_bad_arguments_are_rejected_before_any_round_trip(self, client: Redis) -> None:
-        """Empty names, a zero batch, a bad codec or a missing handler raise InvalidArgument."""
+        """Empty names, a zero batch, a bad codec, handler, backoff or sleep: InvalidArgument."""
         _, handler = recorder()
         with pytest.raises(InvalidArgument, match="stream"):
             AsyncStreamConsumer(client, "", "g", "c", handler)
@@ -151,6 +152,10 @@ class TestDelivery:
             AsyncStreamConsumer(client, "s", "g", "c", None)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="socket_timeout"):
             AsyncStreamConsumer(client, "s", "g", "c", handler, block=5.0)
+        with pytest.raises(InvalidArgument, match="backoff"):
+            AsyncStreamConsumer(client, "s", "g", "c", handler, backoff=0.5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="sleep"):
+            AsyncStreamConsumer(client, "s", "g", "c", handler, sleep=0.5)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="maxlen"):
             StreamProducer(client, "s", maxlen=0)
         with pytest.raises(PubSubError, match="async with"):
@@ -381,8 +386,17 @@ class TestReconnect:
         """With the server down for a while the loop backs off, then resumes by itself."""
         client = await aioredis_patterns.connect(redis_server.url, load_scripts=False, retries=0)
         seen, handler = recorder()
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            await anyio.sleep(seconds)
+
+        backoff = Backoff(0.05, 0.4, jitter=0)
         try:
-            async with AsyncStreamConsumer(client, "s", "g", "c", handler, block=0.1) as consumer:
+            async with AsyncStreamConsumer(
+                client, "s", "g", "c", handler, block=0.1, backoff=backoff, sleep=sleep
+            ) as consumer:
                 redis_server.kill()
                 await anyio.sleep(0.5)
                 await anyio.to_thread.run_sync(redis_server.start)
@@ -391,6 +405,9 @@ class TestReconnect:
                 await eventually(lambda: len(seen) == 1, within=5.0)
         finally:
             await client.aclose()
+        # 0.5 s down: the waits went through the injected sleep, doubling from 50 ms
+        assert waits[:3] == [0.05, 0.1, 0.2]
+        assert all(wait <= 0.4 for wait in waits)
 
 
 @contextlib.contextmanager
