@@ -32,6 +32,8 @@ from aioredis_patterns._cache._core import _HORIZONS_KEPT
 from aioredis_patterns.testing import FaultProxy, RedisServer
 from tests.conftest import command_calls
 
+from ._helpers import eventually
+
 WORKER = Path(__file__).with_name("_cache_worker.py")
 MISSING = object()
 
@@ -127,13 +129,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    # Polling, not an Event: the conditions are counters in code under test.
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 async def until_redis(check: Callable[[], Any], timeout: float = 10.0) -> None:
@@ -709,7 +704,7 @@ class TestAcrossProcesses:
                 killed_at = time.perf_counter()
                 holder.kill()
                 await holder.wait()
-                await eventually(lambda: bool(outputs), timeout=lease_ttl + 5)
+                await eventually(lambda: bool(outputs), within=lease_ttl + 5)
                 replaced_after = time.perf_counter() - killed_at
         finally:
             if holder.returncode is None:

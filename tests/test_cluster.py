@@ -10,7 +10,7 @@ one node's client serves that node's shard channels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -30,6 +30,8 @@ from aioredis_patterns import (
     StreamMessage,
     StreamProducer,
 )
+
+from ._helpers import acquire_noting_when, eventually
 
 ALGORITHMS: list[Any] = ["sliding_log", "sliding_window", "gcra", "fixed_window"]
 
@@ -64,13 +66,6 @@ async def commands_processed(cluster: RedisCluster) -> int:
     """Commands the primaries have processed so far, in all."""
     stats = await cluster.info("stats", target_nodes=RedisCluster.PRIMARIES)
     return sum(int(node["total_commands_processed"]) for node in stats.values())
-
-
-async def eventually(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Wait until *predicate* holds; fail the test after *within* seconds."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 - polling state the consumer does not signal
-            await anyio.sleep(0.005)
 
 
 class TestCache:
@@ -175,13 +170,8 @@ class TestLock:
         waiter = AsyncLock(redis_cluster, "order:3", ttl=30, timeout=10)
         assert await holder.acquire()
         got_at: list[float] = []
-
-        async def wait() -> None:
-            assert await waiter.acquire()
-            got_at.append(time.monotonic())
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
+            tg.start_soon(acquire_noting_when, waiter, got_at)
             await anyio.sleep(1.5)  # its fallback poll has backed off to 0.5-1 s by now
             assert not got_at
             assert await redis_cluster.exists("{lock:order:3}:waiting") == 1

@@ -32,6 +32,7 @@ from aioredis_patterns import (
 from aioredis_patterns._lock import _alarms, _waiting
 from aioredis_patterns.testing import FaultProxy, RedisServer
 
+from ._helpers import acquire_noting_when
 from .conftest import cancel_during_a_silent_release
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
@@ -286,13 +287,8 @@ class TestWithoutFencing:
         recorded = Redis.from_pool(ConnectionPool.from_url(redis_url, connection_class=Recording))
         waiter = AsyncLock(recorded, "job", ttl=10, fencing=False, timeout=5)
         got_at: list[float] = []
-
-        async def wait() -> None:
-            assert await waiter.acquire()
-            got_at.append(time.monotonic())
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
+            tg.start_soon(acquire_noting_when, waiter, got_at)
             await anyio.sleep(0.3)
             assert await redis.exists("{lock:job}:waiting") == 1
             released_at = time.monotonic()

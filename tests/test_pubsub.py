@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -32,17 +32,12 @@ from aioredis_patterns import (
 )
 from aioredis_patterns.testing import RedisServer
 
+from ._helpers import eventually
+
 
 def name(prefix: str = "ch") -> str:
     """A channel name no other test uses (pub/sub is server-wide, not per database)."""
     return f"test:{prefix}:{uuid.uuid4().hex[:8]}"
-
-
-async def eventually(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Wait until *predicate* holds; fail the test after *within* seconds."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 - polling state the consumer does not signal
-            await anyio.sleep(0.005)
 
 
 def new_running_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:

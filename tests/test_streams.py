@@ -29,12 +29,7 @@ from aioredis_patterns import (
 )
 from aioredis_patterns.testing import RedisServer
 
-
-async def eventually(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Wait until *predicate* holds; fail the test after *within* seconds."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 - polling state the consumer does not signal
-            await anyio.sleep(0.005)
+from ._helpers import eventually
 
 
 async def pending(client: Redis, stream: str, group: str) -> int:
