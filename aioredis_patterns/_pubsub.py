@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+from redis.exceptions import AskError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._backoff import Backoff
 from ._codecs import CodecLike, resolve_codec
 from ._consumer import ConsumerRuntime
 from ._exceptions import InvalidArgument, PubSubError, RedisUnavailable
+from ._pubsub_nodes import ClusterNodes
 from ._queue import BoundedQueue, Overflow, check_overflow
+from ._slots import check_same_slot, is_cluster, slot_of
 from ._validation import Duration, non_empty_str, positive_int, to_seconds
 
 __all__ = ["AsyncPubSub", "Gap", "Message", "MessageHandler", "PubSubStats"]
@@ -163,6 +165,16 @@ def _is_message(item: object) -> bool:
     return not isinstance(item, Gap)
 
 
+class _Move(Exception):
+    """The consumer leaves its cluster node on purpose: a new shard channel's slot is
+    served elsewhere. The reader reconnects at once, without backoff, where the slot
+    map says; *lossless* when nothing else was subscribed, so no :class:`Gap` is due."""
+
+    def __init__(self, reason: str, *, lossless: bool) -> None:
+        super().__init__(reason)
+        self.lossless = lossless
+
+
 class AsyncPubSub(ConsumerRuntime):
     """A pub/sub consumer you start and forget: it reconnects, resubscribes and tells you.
 
@@ -203,9 +215,17 @@ class AsyncPubSub(ConsumerRuntime):
     order, so each channel's order is kept. A handler that raises is logged and
     counted in :attr:`stats` and the loop goes on.
 
+    On a ``RedisCluster`` client the consumer reads one node: any primary for
+    channels and patterns (a cluster broadcasts ``PUBLISH`` to every node), the
+    primary of their slot once there are shard channels, which must then share
+    one slot. Each reconnect reads the slot map again, so the consumer follows a
+    dead node's channels to another primary and a shard slot to its new owner,
+    and reports the switch as a :class:`Gap`.
+
     Args:
-        client: a single-server ``redis.asyncio.Redis`` (one connection of its
-            pool is held until :meth:`aclose`).
+        client: a ``redis.asyncio.Redis`` (one connection of its pool is held
+            until :meth:`aclose`) or a ``redis.asyncio.RedisCluster`` (one
+            connection of one node's pool).
         queue_size: capacity of each queue, in messages.
         overflow: ``"block"``, ``"drop_oldest"``, ``"drop_newest"`` or ``"error"``.
         codec: ``None`` (payloads stay ``bytes``), a serializer name (``"json"``,
@@ -221,8 +241,7 @@ class AsyncPubSub(ConsumerRuntime):
         close_timeout: bound on :meth:`aclose` (unsubscribe and drain).
 
     Raises:
-        InvalidArgument: a bad argument, or a client without a connection pool
-            (a cluster client: use one node's client for sharded channels).
+        InvalidArgument: a bad argument, or a client that is neither of the two.
     """
 
     _what = "AsyncPubSub"
@@ -241,11 +260,12 @@ class AsyncPubSub(ConsumerRuntime):
         health_check_interval: Duration = 2.0,
         close_timeout: Duration = 5.0,
     ) -> None:
-        pool = getattr(client, "connection_pool", None)
-        if pool is None or not hasattr(pool, "get_connection"):
+        pool: Any = getattr(client, "connection_pool", None)
+        cluster = is_cluster(client)
+        if not cluster and (pool is None or not hasattr(pool, "get_connection")):
             raise InvalidArgument(
-                "AsyncPubSub needs a redis.asyncio.Redis client with a connection pool, "
-                f"not {type(client).__name__}"
+                "AsyncPubSub needs a redis.asyncio.Redis client with a connection pool"
+                f" or a redis.asyncio.RedisCluster, not {type(client).__name__}"
             )
         if on_gap is not None and not callable(on_gap):
             raise InvalidArgument("on_gap must be callable")
@@ -257,7 +277,7 @@ class AsyncPubSub(ConsumerRuntime):
         )
         self._client = client
         self._pool = pool
-        self._encoder = pool.get_encoder()
+        self._encoder = client.get_encoder() if cluster else pool.get_encoder()
         self._codec = resolve_codec(codec)
         size = positive_int(queue_size, "queue_size")
         policy = check_overflow(overflow)
@@ -266,6 +286,7 @@ class AsyncPubSub(ConsumerRuntime):
         self._on_gap = on_gap
         self._health_check_interval = to_seconds(health_check_interval, "health_check_interval")
         self._write_timeout = max(1.0, 2 * self._health_check_interval)
+        self._nodes = ClusterNodes(client, connect_timeout=self._write_timeout) if cluster else None
 
         self._subscriptions: dict[Kind, dict[bytes, MessageHandler | None]] = {
             kind: {} for kind in _KINDS
@@ -447,10 +468,18 @@ class AsyncPubSub(ConsumerRuntime):
         if handler is not None and not callable(handler):
             raise InvalidArgument("handler must be an async callable")
         raw = self._encode_names(names, "channel" if kind != "pattern" else "pattern")
+        shard_slot = self._check_shard_slot(raw) if kind == "shard" and subscribe else None
         self._check_running()
         assert self._write_lock is not None
         subscriptions = self._subscriptions[kind]
         async with self._write_lock:
+            move: _Move | None = None
+            if shard_slot is not None:
+                self._check_shard_slot(raw)  # again: another task may have subscribed meanwhile
+                assert self._nodes is not None
+                if not self._nodes.serves(shard_slot):
+                    alone = not any(self._subscriptions.values())
+                    move = _Move(f"moving to the node of shard slot {shard_slot}", lossless=alone)
             if subscribe:
                 for name in raw:
                     subscriptions[name] = handler
@@ -462,11 +491,16 @@ class AsyncPubSub(ConsumerRuntime):
                     subscriptions.pop(name, None)
                 if not raw:
                     return
-            command = await self._send_locked(
-                spec.subscribe if subscribe else spec.unsubscribe,
-                spec.subscribed if subscribe else spec.unsubscribed,
-                raw,
-            )
+            if move is not None:
+                # The next session subscribes to everything on the slot's node.
+                self._break(move)
+                command = None
+            else:
+                command = await self._send_locked(
+                    spec.subscribe if subscribe else spec.unsubscribe,
+                    spec.subscribed if subscribe else spec.unsubscribed,
+                    raw,
+                )
         if command is not None:
             await command.done.wait()
             if command.error is not None:
@@ -482,6 +516,19 @@ class AsyncPubSub(ConsumerRuntime):
             # The connection is down or dropped before confirming: the reconnect
             # subscribes to everything again, and that is the confirmation.
             await self._wait_ready()
+
+    def _check_shard_slot(self, raw: list[bytes]) -> int | None:
+        """On a cluster: the slot all shard channels share, or :class:`CrossSlotKeys`."""
+        if self._nodes is None:
+            return None
+        names = [self._text(name) for name in [*self._subscriptions["shard"], *raw]]
+        # one connection reads one node, and only its slot's node sends a shard channel
+        check_same_slot(self._client, names)
+        return slot_of(names[0])
+
+    def _shard_slot(self) -> int | None:
+        shards = self._subscriptions["shard"]
+        return slot_of(next(iter(shards))) if shards else None
 
     async def _send_locked(self, verb: str, reply: bytes, names: list[bytes]) -> _Command | None:
         """Write *verb* and queue its expected replies; the caller holds the write lock.
@@ -500,7 +547,9 @@ class AsyncPubSub(ConsumerRuntime):
         try:
             await self._write(conn, verb, *names)
         except (RedisError, OSError) as exc:
-            self._break(exc)
+            broken = RedisConnectionError(f"writing to Redis failed: {exc}")
+            broken.__cause__ = exc
+            self._break(broken)
         return command
 
     async def _write(self, conn: Any, *args: Any) -> None:
@@ -522,11 +571,18 @@ class AsyncPubSub(ConsumerRuntime):
             await self._ready_event.wait()
 
     def _break(self, exc: BaseException) -> None:
-        """A write failed: make the reader give up this connection and reconnect."""
+        """Make the reader give up this connection and reconnect (a write failed, or a
+        shard channel's slot is served elsewhere); the session raises *exc*."""
         if self._broken is None:
             self._broken = exc
+        self._not_ready()
         if self._session_scope is not None:
             self._session_scope.cancel()
+
+    def _not_ready(self) -> None:
+        if self._ready:
+            self._ready = False
+            self._ready_event = anyio.Event()
 
     # -- the reader ----------------------------------------------------------
 
@@ -534,7 +590,10 @@ class AsyncPubSub(ConsumerRuntime):
         self._write_lock = anyio.Lock()
         self._ready_event = anyio.Event()
         try:
-            self._conn = conn = await self._pool.get_connection()
+            if self._nodes is None:
+                self._conn = conn = await self._pool.get_connection()
+            else:
+                self._conn = conn = await self._nodes.connect(None, refresh=False)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"AsyncPubSub could not get a connection: {exc}") from exc
         try:
@@ -560,7 +619,10 @@ class AsyncPubSub(ConsumerRuntime):
         conn = self._conn
         self._healthy = healthy
         try:
-            if not conn.is_connected:
+            if self._nodes is not None and (conn is None or not conn.is_connected):
+                conn = None  # given back to its node: never disconnect it from here again
+                conn = await self._move()
+            elif not conn.is_connected:
                 await conn.connect()
             self._last_alive = time.time()
             assert self._write_lock is not None
@@ -583,17 +645,29 @@ class AsyncPubSub(ConsumerRuntime):
                 self._session_scope = scope
                 if self._broken is None:
                     await self._read_loop(conn)
-            broken = self._broken
-            raise RedisConnectionError(f"writing to Redis failed: {broken}") from broken
+            assert self._broken is not None
+            raise self._broken
         except BaseException as exc:
             clean = self._clean_stop and isinstance(exc, anyio.get_cancelled_exc_class())
             self._teardown(exc)
-            if not clean:
+            if not clean and conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.disconnect(nowait=True)
+            if isinstance(exc, _Move):
+                return  # the reconnect loop starts the next session at once
             raise
         finally:
             self._session_scope = None
+
+    async def _move(self) -> Any:
+        """On a cluster, connect where the slot map says now: the node read until now
+        may be gone, or no longer serve the shard channels' slot."""
+        assert self._nodes is not None
+        old, self._conn = self._conn, None
+        if old is not None:
+            self._nodes.give_back(old)
+        self._conn = await self._nodes.connect(self._shard_slot(), refresh=True)
+        return self._conn
 
     async def _read_loop(self, conn: Any) -> None:
         interval = self._health_check_interval
@@ -646,7 +720,7 @@ class AsyncPubSub(ConsumerRuntime):
             elif kind == b"smessage":
                 await self._deliver("shard", response[1], None, response[2])
             elif kind in _CONFIRMATIONS or kind == _PONG:
-                self._on_reply(kind)
+                self._on_reply(kind, response[1] if len(response) > 1 else None)
             else:
                 logger.debug("AsyncPubSub ignored an unexpected push %r", kind)
         elif isinstance(response, bytes) and response.upper() == b"PONG":
@@ -655,18 +729,38 @@ class AsyncPubSub(ConsumerRuntime):
         else:
             logger.debug("AsyncPubSub ignored an unexpected reply %r", response)
 
-    def _on_reply(self, reply: bytes) -> None:
+    def _on_reply(self, reply: bytes, name: Any = None) -> None:
         head = self._commands[0] if self._commands else None
         if head is None or head.reply != reply:
-            # Redis may unsubscribe a shard channel on its own (slot migration).
-            logger.warning("AsyncPubSub got an unexpected %r confirmation", reply)
+            if reply == b"sunsubscribe" and name in self._subscriptions["shard"]:
+                self._on_shard_dropped(name)
+            else:
+                logger.warning("AsyncPubSub got an unexpected %r confirmation", reply)
             return
         head.remaining -= 1
         if head.remaining == 0:
             self._commands.popleft()
             self._finish(head)
 
+    def _on_shard_dropped(self, name: bytes) -> None:
+        """Redis unsubscribed a shard channel by itself: its node no longer serves the slot."""
+        text = self._text(name)
+        if self._nodes is None:
+            logger.warning(
+                "AsyncPubSub: Redis unsubscribed shard channel %r (its slot moved to another"
+                " node); a RedisCluster client would follow it there",
+                text,
+            )
+            return
+        self._break(RedisConnectionError(f"Redis unsubscribed shard channel {text!r}: slot moved"))
+
     def _on_error_reply(self, exc: ResponseError) -> None:
+        if self._nodes is not None and isinstance(exc, AskError):
+            # MOVED (or ASK): the slot map is stale; the reconnect reads it again
+            # and subscribes on the node that serves the slot now.
+            moved = f"{type(exc).__name__} {exc}"
+            self._break(RedisConnectionError(f"a shard channel is served elsewhere ({moved})"))
+            return
         if not self._commands:
             logger.warning("AsyncPubSub got an error reply it did not expect: %s", exc)
             return
@@ -697,11 +791,9 @@ class AsyncPubSub(ConsumerRuntime):
         self._sessions += 1
 
     def _teardown(self, exc: BaseException) -> None:
-        was_up = self._up
+        was_up = self._up and not (isinstance(exc, _Move) and exc.lossless)
         self._up = False
-        if self._ready:
-            self._ready = False
-            self._ready_event = anyio.Event()
+        self._not_ready()
         for command in self._commands:
             command.lost = True
             command.done.set()
@@ -709,7 +801,11 @@ class AsyncPubSub(ConsumerRuntime):
         self._resubscribes_left = 0
         if was_up and self._gap_since is None:
             self._gap_since = self._last_alive
-            self._gap_reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, _Move):
+                self._gap_reason = str(exc)
+            else:
+                name = type(exc).__name__
+                self._gap_reason = f"{name}: {exc}" if str(exc) else name
 
     def _report_gap(self, gap: Gap) -> None:
         logger.warning(
@@ -832,4 +928,7 @@ class AsyncPubSub(ConsumerRuntime):
             return
         if not (self._clean_stop and conn.is_connected):
             await conn.disconnect(nowait=True)
-        await self._pool.release(conn)
+        if self._nodes is not None:
+            self._nodes.give_back(conn)
+        else:
+            await self._pool.release(conn)

@@ -1,10 +1,9 @@
 """Every pattern on a real three-primary Redis Cluster client: routing, slots, behaviour.
 
-The README says every pattern but ``AsyncPubSub`` takes a ``RedisCluster`` client
-unchanged. These tests run each one on the ``redis_cluster`` fixture with names
-chosen to land on different primaries, and check that a key's companions live on
-its node, in its slot; and that ``AsyncPubSub`` refuses the cluster client, while
-one node's client serves that node's shard channels.
+The README says every pattern takes a ``RedisCluster`` client unchanged. These
+tests run each one on the ``redis_cluster`` fixture with names chosen to land on
+different primaries, and check that a key's companions live on its node, in its
+slot. ``AsyncPubSub`` on a cluster has its own module, ``test_pubsub_cluster.py``.
 """
 
 from __future__ import annotations
@@ -15,17 +14,14 @@ from typing import Any
 
 import anyio
 import pytest
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import RedisCluster
 
 from aioredis_patterns import (
     AsyncCache,
     AsyncLock,
-    AsyncPubSub,
     AsyncRateLimiter,
     AsyncSemaphore,
     AsyncStreamConsumer,
-    InvalidArgument,
-    Message,
     Rate,
     StreamMessage,
     StreamProducer,
@@ -300,41 +296,3 @@ class TestStreams:
             assert handled[stream] == [{"n": i} for i in range(5)]
             pending = await redis_cluster.xpending(stream, "g")
             assert pending["pending"] == 0
-
-
-class TestPubSub:
-    async def test_a_cluster_client_is_refused_before_any_round_trip(
-        self, redis_cluster: RedisCluster
-    ) -> None:
-        """AsyncPubSub refuses a RedisCluster with InvalidArgument naming the client to use."""
-        before = await commands_processed(redis_cluster)
-        with pytest.raises(InvalidArgument) as caught:
-            AsyncPubSub(redis_cluster)
-        after = await commands_processed(redis_cluster)
-        # only the first INFO itself, once per primary
-        assert after - before == len(redis_cluster.get_primaries())
-        message = str(caught.value)
-        assert "redis.asyncio.Redis" in message
-        assert "RedisCluster" in message
-
-    async def test_one_nodes_client_serves_its_shard_channels(
-        self, redis_cluster: RedisCluster
-    ) -> None:
-        """The documented way out: a Redis client of the channel's node receives SPUBLISH."""
-        channel = "events:a"
-        node = redis_cluster.get_node_from_key(channel)
-        assert node is not None
-        client = Redis(host=node.host, port=int(node.port))
-        got: list[Message] = []
-
-        async def handler(message: Message) -> None:
-            got.append(message)
-
-        try:
-            async with AsyncPubSub(client) as ps:
-                await ps.ssubscribe(channel, handler=handler)
-                assert await redis_cluster.execute_command("SPUBLISH", channel, b"hi") == 1
-                await eventually(lambda: len(got) == 1)
-        finally:
-            await client.aclose()
-        assert got == [Message(channel=channel, data=b"hi", sharded=True)]
