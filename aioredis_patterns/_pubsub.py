@@ -383,7 +383,13 @@ class AsyncPubSub(ConsumerRuntime):
     async def ssubscribe(self, *channels: str, handler: MessageHandler | None = None) -> None:
         """Subscribe to shard channels (Redis 7+); like :meth:`subscribe`.
 
+        On a cluster client the consumer reads the primary of the channels' slot,
+        and moves there first if it reads another node (a :class:`Gap` is reported
+        when something else was subscribed).
+
         Raises:
+            CrossSlotKeys: on a cluster client, the channels (with those already
+                subscribed) span more than one slot; nothing is subscribed.
             PubSubError: the server does not know SSUBSCRIBE (Redis < 7).
         """
         await self._change("shard", channels, handler, subscribe=True)

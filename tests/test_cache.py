@@ -349,7 +349,8 @@ class TestTopologies:
     ):
         """Two caches (two processes) missing one key at once load it once, on each topology."""
         first, second = (AsyncCache(topology, namespace="topo:", ttl=30) for _ in range(2))
-        loader = Loader(delay=0.2)
+        gate = anyio.Event()  # the load ends once the other cache waits for its lease
+        loader = Loader(gate=gate)
         results: list[Any] = []
 
         async def read(cache: AsyncCache) -> None:
@@ -358,6 +359,8 @@ class TestTopologies:
         async with anyio.create_task_group() as tg:
             for cache in (first, second, first, second):
                 tg.start_soon(read, cache)
+            await eventually(lambda: first.stats.lease_waits + second.stats.lease_waits >= 1)
+            gate.set()
         assert (loader.calls, results) == (1, [{"n": 1}] * 4)
         assert first.stats.lease_waits + second.stats.lease_waits >= 1  # the other held the lease
         assert await topology.get("topo:user:1") == b'{"n":1}'
@@ -383,7 +386,10 @@ class TestSingleFlight:
     async def test_100_concurrent_cold_calls_load_once(self, make_cache: Callable[..., AsyncCache]):
         """100 concurrent get_or_load calls on a cold key share one loader call."""
         cache = make_cache(namespace="sf:", ttl=30)
-        loader = Loader(delay=0.1)
+        # The load waits until every other call has joined it: with a fixed delay a
+        # busy machine let some calls read the stored value first, as plain hits.
+        gate = anyio.Event()
+        loader = Loader(gate=gate)
         results: list[Any] = []
 
         async def call() -> None:
@@ -392,6 +398,8 @@ class TestSingleFlight:
         async with anyio.create_task_group() as tg:
             for _ in range(100):
                 tg.start_soon(call)
+            await eventually(lambda: cache.stats.coalesced == 99)
+            gate.set()
         assert loader.calls == 1
         assert results == [{"n": 1}] * 100
         assert cache.stats.loads == 1
@@ -402,7 +410,8 @@ class TestSingleFlight:
     ):
         """A loader error reaches all 20 sharing callers and is not cached: the next call loads."""
         cache = make_cache(namespace="err:", ttl=30)
-        failing = Loader(delay=0.05, error=LookupError("db down"))
+        gate = anyio.Event()  # the load fails once the 19 others have joined it
+        failing = Loader(gate=gate, error=LookupError("db down"))
         errors: list[BaseException] = []
 
         async def call() -> None:
@@ -414,6 +423,8 @@ class TestSingleFlight:
         async with anyio.create_task_group() as tg:
             for _ in range(20):
                 tg.start_soon(call)
+            await eventually(lambda: cache.stats.coalesced == 19)
+            gate.set()
         assert failing.calls == 1
         assert len(errors) == 20
         assert all(str(e) == "db down" for e in errors)
@@ -579,7 +590,8 @@ class TestLease:
         clients = [Redis.from_url(redis_url) for _ in range(5)]
         try:
             caches = [AsyncCache(c, namespace="ls:", ttl=30) for c in clients]
-            loader = Loader(delay=0.2)
+            gate = anyio.Event()  # the load ends once the four other caches wait
+            loader = Loader(gate=gate)
             results: list[Any] = []
 
             async def call(cache: AsyncCache) -> None:
@@ -589,6 +601,8 @@ class TestLease:
                 for cache in caches:
                     for _ in range(20):
                         tg.start_soon(call, cache)
+                await eventually(lambda: sum(c.stats.lease_waits for c in caches) >= 4)
+                gate.set()
             assert loader.calls == 1
             assert results == [{"n": 1}] * 100
             # Four caches wait for the fifth's lease; a fifth wait happens when, in the
