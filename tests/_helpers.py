@@ -21,3 +21,10 @@ async def acquire_noting_when(lock: Any, got_at: list[float]) -> None:
     """Acquire *lock* (it must succeed) and append the monotonic time it did to *got_at*."""
     assert await lock.acquire()
     got_at.append(time.monotonic())
+
+
+async def until_blocked(client: Any, count: int = 1, *, within: float = 5.0) -> None:
+    """Wait until *count* clients of *client*'s server are blocked (a BLPOP, say)."""
+    with anyio.fail_after(within):
+        while int((await client.info("clients"))["blocked_clients"]) < count:  # noqa: ASYNC110
+            await anyio.sleep(0.005)

@@ -32,7 +32,7 @@ from aioredis_patterns import (
 from aioredis_patterns._lock import _alarms, _waiting
 from aioredis_patterns.testing import FaultProxy, RedisServer
 
-from ._helpers import acquire_noting_when
+from ._helpers import acquire_noting_when, until_blocked
 from .conftest import cancel_during_a_silent_release
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
@@ -289,7 +289,8 @@ class TestWithoutFencing:
         got_at: list[float] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(acquire_noting_when, waiter, got_at)
-            await anyio.sleep(0.3)
+            # released while its BLPOP waits, not between two (a busy machine saw that)
+            await until_blocked(redis)
             assert await redis.exists("{lock:job}:waiting") == 1
             released_at = time.monotonic()
             assert await holder.release()
