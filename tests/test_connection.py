@@ -265,7 +265,8 @@ class TestPool:
         self, redis_server: RedisServer
     ) -> None:
         """A command too big for the socket, to a stopped server, times out and is never run."""
-        client = await connect(redis_server.url, timeout=0.5, retries=0)
+        # a short socket timeout for the write; a generous one for connecting on a busy machine
+        client = await connect(redis_server.url, timeout=5.0, retries=0, socket_timeout=0.5)
         pid = redis_server.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
@@ -367,7 +368,7 @@ class TestCluster:
     async def test_a_cluster_write_the_node_stops_reading_is_never_run(self) -> None:
         """On a cluster, a command that times out half-written to a stopped node never runs."""
         with RedisClusterServer() as cluster:
-            client = await connect_cluster(cluster.url, timeout=0.5, retries=0)
+            client = await connect_cluster(cluster.url, timeout=5.0, retries=0, socket_timeout=0.5)
             try:
                 key = "pool:big"
                 port = client.get_node_from_key(key).port
