@@ -67,10 +67,12 @@ class ClusterNodes:
                 retries it after its backoff).
         """
         try:
-            await self._cluster.initialize()
-            if refresh:
-                last = None if self.node is None else self.node.name
-                await self._cluster.nodes_manager.initialize(last_failed_node_name=last)
+            # bounded: a node that does not answer must not hold up the reconnect loop
+            with anyio.fail_after(2 * self._connect_timeout):
+                await self._cluster.initialize()
+                if refresh:
+                    last = None if self.node is None else self.node.name
+                    await self._cluster.nodes_manager.initialize(last_failed_node_name=last)
             if slot is not None:
                 candidates = [self.owner(slot)]
             else:
@@ -79,8 +81,9 @@ class ClusterNodes:
                 candidates.sort(
                     key=lambda node: self.node is not None and node.name == self.node.name
                 )
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise RedisConnectionError(f"could not read the cluster's slot map: {exc}") from exc
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise RedisConnectionError(f"could not read the cluster's slot map: {reason}") from exc
         error: BaseException | None = None
         for node in candidates:
             try:

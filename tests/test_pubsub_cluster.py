@@ -6,6 +6,8 @@ kills a node or moves a slot starts a cluster of its own.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -247,6 +249,28 @@ class TestFollowing:
                 await direct.publish("alerts", b"still here")  # the bus carries it to the reader
             await eventually(lambda: inbox.data("alerts") == [b"still here"])
         assert ps.stats.reconnects == 1
+
+    async def test_a_node_that_stops_answering_is_left_within_the_bounds(
+        self, own_cluster: RedisClusterServer, own_client: RedisCluster
+    ) -> None:
+        """A stopped (SIGSTOP) node it reads is noticed by PING and left: no read of it hangs."""
+        inbox = Inbox()
+        async with AsyncPubSub(own_client, on_gap=inbox.on_gap, health_check_interval=0.25) as ps:
+            await ps.subscribe("alerts", handler=inbox.handler)
+            reader = int((await reader_of(own_client, "alerts")).rsplit(":", 1)[1])
+            stopped = next(node for node in own_cluster.nodes if node.port == reader)
+            assert stopped.pid is not None
+            os.kill(stopped.pid, signal.SIGSTOP)
+            try:
+                # the client has no socket timeout: only the consumer's own bounds apply
+                await eventually(lambda: len(inbox.gaps) == 1 and ps.connected, within=15)
+                survivor = next(node for node in own_cluster.nodes if node.port != reader)
+                async with Redis.from_url(survivor.url) as direct:
+                    await direct.publish("alerts", b"moved on")
+                await eventually(lambda: inbox.data("alerts") == [b"moved on"])
+            finally:
+                os.kill(stopped.pid, signal.SIGCONT)
+        assert "PING" in inbox.gaps[0].reason
 
 
 class TestOneNodesClient:
