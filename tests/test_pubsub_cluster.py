@@ -66,6 +66,16 @@ async def reader_of(cluster: RedisCluster, channel: str, *, shard: bool = False)
             await anyio.sleep(0.01)
 
 
+async def reader_port(cluster: RedisCluster, channel: str) -> int:
+    """The port of the one primary where *channel* has a subscriber."""
+    return int((await reader_of(cluster, channel)).rsplit(":", 1)[1])
+
+
+def other_primary(cluster: RedisCluster, than: str) -> str:
+    """The name (host:port) of a primary other than *than*."""
+    return next(str(node.name) for node in cluster.get_primaries() if node.name != than)
+
+
 def channel_on(cluster: RedisCluster, *, served_by: str | None = None, not_by: str = "") -> str:
     """A shard channel name whose slot the primary *served_by* serves (or any but *not_by*)."""
     for i in range(1000):
@@ -203,7 +213,7 @@ class TestFollowing:
             channel = "{jobs}:done"
             await ps.ssubscribe(channel, handler=inbox.handler)
             old = await reader_of(own_client, channel, shard=True)
-            new = next(str(n.name) for n in own_client.get_primaries() if n.name != old)
+            new = other_primary(own_client, old)
             await move_slot(own_client, own_client.keyslot(channel), new)
             await eventually(lambda: len(inbox.gaps) == 1 and ps.connected)
             assert await reader_of(own_client, channel, shard=True) == new
@@ -220,7 +230,7 @@ class TestFollowing:
             await ps.subscribe("held", handler=inbox.handler)
             reader = await reader_of(own_client, "held")
             channel = channel_on(own_client, served_by=reader)
-            new = next(str(n.name) for n in own_client.get_primaries() if n.name != reader)
+            new = other_primary(own_client, reader)
             slot = own_client.keyslot(channel)
             await move_slot(own_client, slot, new)  # the client's slot map still says `reader`
             assert own_client.get_node_from_key(channel).name == reader
@@ -241,7 +251,7 @@ class TestFollowing:
         inbox = Inbox()
         async with AsyncPubSub(own_client, on_gap=inbox.on_gap, health_check_interval=0.5) as ps:
             await ps.subscribe("alerts", handler=inbox.handler)
-            reader = int((await reader_of(own_client, "alerts")).rsplit(":", 1)[1])
+            reader = await reader_port(own_client, "alerts")
             next(node for node in own_cluster.nodes if node.port == reader).kill()
             await eventually(lambda: len(inbox.gaps) == 1 and ps.connected, within=10)
             survivor = next(node for node in own_cluster.nodes if node.port != reader)
@@ -257,7 +267,7 @@ class TestFollowing:
         inbox = Inbox()
         async with AsyncPubSub(own_client, on_gap=inbox.on_gap, health_check_interval=0.25) as ps:
             await ps.subscribe("alerts", handler=inbox.handler)
-            reader = int((await reader_of(own_client, "alerts")).rsplit(":", 1)[1])
+            reader = await reader_port(own_client, "alerts")
             stopped = next(node for node in own_cluster.nodes if node.port == reader)
             assert stopped.pid is not None
             os.kill(stopped.pid, signal.SIGSTOP)
@@ -298,7 +308,7 @@ class TestOneNodesClient:
         channel = "{logs}:app"
         node = own_client.get_node_from_key(channel)
         assert node is not None
-        other = next(str(n.name) for n in own_client.get_primaries() if n.name != node.name)
+        other = other_primary(own_client, str(node.name))
         inbox = Inbox()
         async with (
             Redis(host=node.host, port=int(node.port)) as client,
