@@ -16,7 +16,7 @@ PYTHONS = nox.project.python_versions(PYPROJECT)
 LATEST = PYTHONS[-1]
 
 nox.needs_version = ">=2024.10.9"
-nox.options.sessions = ["tests", "lint", "typecheck", "examples", "bench_smoke"]
+nox.options.sessions = ["tests", "tests_uvloop", "lint", "typecheck", "examples", "bench_smoke"]
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 nox.options.reuse_existing_virtualenvs = not os.environ.get("CI")
 
@@ -34,6 +34,35 @@ def tests(session: nox.Session) -> None:
     """Run the test suite against real redis-server processes it starts itself."""
     _install(session, "test")
     session.run("pytest", *session.posargs)
+
+
+# The tests whose patterns lean on the event loop itself: timers (the lock blocks'
+# deadlines), transports (the connections' writes, pub/sub and stream readers),
+# tasks and cancellation. The topology launchers and pure-Python tests are left out.
+LOOP_SENSITIVE_TESTS = [
+    "tests/test_event_loop.py",
+    "tests/test_connection.py",
+    "tests/test_scripts.py",
+    "tests/test_round_trips.py",
+    "tests/test_autopipeline.py",
+    "tests/test_cache.py",
+    "tests/test_lock.py",
+    "tests/test_redlock.py",
+    "tests/test_semaphore.py",
+    "tests/test_pubsub.py",
+    "tests/test_streams.py",
+]
+
+
+@nox.session(python=LATEST)
+def tests_uvloop(session: nox.Session) -> None:
+    """Run the loop-sensitive tests on uvloop, the loop uvicorn uses when it is installed."""
+    _install(session, "test-uvloop")
+    session.run(
+        "pytest",
+        *(session.posargs or LOOP_SENSITIVE_TESTS),
+        env={"AIOREDIS_PATTERNS_TEST_LOOP": "uvloop"},
+    )
 
 
 @nox.session(python=LATEST)

@@ -5,16 +5,36 @@ The plugin is enabled in pyproject.toml (``-p aioredis_patterns.testing.pytest_p
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
 from aioredis_patterns import ScriptBook
 from aioredis_patterns.testing import FaultProxy, RedisServer
+
+TEST_LOOP = os.environ.get("AIOREDIS_PATTERNS_TEST_LOOP", "asyncio")
+"""The event loop the tests run on: ``asyncio`` (the default) or ``uvloop``."""
+
+if TEST_LOOP == "uvloop":
+    import uvloop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """Every asyncio test and fixture runs on uvloop (``nox -s tests_uvloop``)."""
+        return {"uvloop": uvloop.new_event_loop}
+
+elif TEST_LOOP != "asyncio":
+    raise pytest.UsageError(
+        f"AIOREDIS_PATTERNS_TEST_LOOP must be asyncio or uvloop, not {TEST_LOOP!r}"
+    )
 
 
 @pytest_asyncio.fixture

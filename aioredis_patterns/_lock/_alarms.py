@@ -117,7 +117,11 @@ _last: _Alarms | None = None
 
 
 def call_later(delay: float, callback: Callable[[], object]) -> Alarm:
-    """Run *callback* in the running loop after *delay* seconds, unless cancelled first."""
+    """Run *callback* in the running loop after *delay* seconds, unless cancelled first.
+
+    The delay is counted on the loop's clock (``loop.time()``), as asyncio's own
+    ``call_later`` counts it; uvloop's ticks in whole milliseconds.
+    """
     global _last
     loop = asyncio.get_running_loop()
     alarms = _last
