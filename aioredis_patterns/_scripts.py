@@ -242,6 +242,9 @@ class ScriptBook:
             CrossSlotKeys: on a cluster client, when *keys* span hash slots.
             ScriptError: the script failed with an error that has no own class.
             The exception mapped to the script's ``CODE`` for a ``redis.error_reply``.
+            redis.exceptions.ResponseError: a subclass of it that redis-py raises
+                for the server's condition, such as ``OutOfMemoryError`` when a
+                write is refused at ``maxmemory``.
         """
         script = self._scripts[name]
         if self._cluster:
@@ -288,9 +291,13 @@ class ScriptBook:
     def translate(self, name: str, exc: BaseException) -> BaseException:
         """Map an error reply of script *name* to the toolkit's exception for its code.
 
-        Anything that is not a Redis error reply is returned unchanged.
+        Anything that is not a Redis error reply is returned unchanged, and so is a
+        reply redis-py already gave its own class (``OutOfMemoryError``,
+        ``ReadOnlyError``, ``BusyLoadingError``...): a pattern raises the same
+        exception for a server's condition whether it sent a script or a plain
+        command.
         """
-        if not isinstance(exc, ResponseError):
+        if not isinstance(exc, ResponseError) or type(exc) is not ResponseError:
             return exc
         # An error raised from a helper function arrives with " script: <sha>, on
         # @user_script:<line>." appended; the code and detail come before it.

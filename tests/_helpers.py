@@ -28,3 +28,29 @@ async def until_blocked(client: Any, count: int = 1, *, within: float = 5.0) -> 
     with anyio.fail_after(within):
         while int((await client.info("clients"))["blocked_clients"]) < count:  # noqa: ASYNC110
             await anyio.sleep(0.005)
+
+
+FULL_SERVER_ARGS = ("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+"""A server that refuses writes once it holds 2 MB (start it, then :func:`fill_until_refused`)."""
+
+
+async def fill_until_refused(client: Any) -> int:
+    """Fill the server until it refuses even a small write; return how many keys fit.
+
+    Large values first, then smaller ones: right after refusing a 64 KB write the
+    server may be just under its limit again (the refused command's buffer is
+    freed), and would still take a small write.
+    """
+    from redis.exceptions import OutOfMemoryError
+
+    written = 0
+    for size in (65_536, 1_024, 16):
+        for _ in range(10_000):
+            try:
+                await client.set(f"fill:{written}", b"x" * size)
+            except OutOfMemoryError:
+                break
+            written += 1
+        else:
+            raise AssertionError("the server never refused a write: is maxmemory set?")
+    return written

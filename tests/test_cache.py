@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import OutOfMemoryError
 
 from aioredis_patterns import (
     AsyncCache,
@@ -32,7 +33,7 @@ from aioredis_patterns._cache._core import _HORIZONS_KEPT
 from aioredis_patterns.testing import FaultProxy, RedisServer
 from tests.conftest import command_calls
 
-from ._helpers import eventually
+from ._helpers import FULL_SERVER_ARGS, eventually, fill_until_refused
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
 MISSING = object()
@@ -995,6 +996,76 @@ class TestNegativeCaching:
 
 
 class TestFailOpen:
+    async def test_a_full_server_serves_hits_and_misses_get_the_loaders_value_uncached(
+        self, redis_server_factory: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """At maxmemory: hits still served, misses load uncached, no write tried for the window."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        now = [0.0]
+        try:
+            cache = AsyncCache(
+                client, namespace="full:", ttl=60, outage_backoff=5, clock=lambda: now[0]
+            )
+            stored = Loader(lambda n: f"old{n}")
+            assert await cache.get_or_load("old", stored) == "old1"
+            filled = await fill_until_refused(client)
+            fresh = Loader(lambda n: f"new{n}")
+            with caplog.at_level(logging.WARNING, logger="aioredis_patterns.cache"):
+                for i in range(5):
+                    assert await cache.get_or_load("new", fresh) == f"new{i + 1}"
+                    assert await cache.get_or_load("old", stored) == "old1"
+            assert (fresh.calls, stored.calls) == (5, 1)
+            assert await client.exists("full:new", "{full:new}:lease") == 0
+            assert cache.stats.redis_errors == 1  # the first refused write; then none tried
+            assert caplog.text.count("Redis refuses writes") == 1
+
+            await client.delete(*(f"fill:{n}" for n in range(filled)))
+            now[0] += 5.1
+            assert await cache.get_or_load("new", fresh) == "new6"
+            assert await cache.get_or_load("new", fresh) == "new6"
+            assert fresh.calls == 6
+        finally:
+            await client.aclose()
+
+    async def test_a_store_refused_after_the_load_returns_the_value_and_frees_the_lease(
+        self, redis_server_factory: Callable[..., RedisServer]
+    ) -> None:
+        """Redis fills up while the loader runs: the value is returned and the lease released."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        try:
+            cache = AsyncCache(client, namespace="full:", ttl=60)
+
+            async def fills_then_loads() -> str:
+                assert await client.exists("{full:k}:lease") == 1  # taken before the load
+                await fill_until_refused(client)
+                return "loaded"
+
+            assert await cache.get_or_load("k", fills_then_loads) == "loaded"
+            assert await client.exists("full:k", "{full:k}:lease") == 0
+            assert cache.stats.redis_errors == 1
+        finally:
+            await client.aclose()
+
+    async def test_a_full_server_raises_oom_without_fail_open(
+        self, redis_server_factory: Callable[..., RedisServer]
+    ) -> None:
+        """fail_open=False: a miss on a full Redis raises OutOfMemoryError before loading."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        try:
+            cache = AsyncCache(client, namespace="full:", ttl=60, fail_open=False)
+            await fill_until_refused(client)
+            loader = Loader()
+            with pytest.raises(OutOfMemoryError):
+                await cache.get_or_load("k", loader)
+            assert loader.calls == 0
+            assert cache.stats.redis_errors == 1
+            assert await client.exists("full:k", "{full:k}:lease") == 0
+        finally:
+            await client.aclose()
+
     async def test_server_killed_mid_run_serves_loader_values_then_caching_resumes(
         self, redis_server: RedisServer, caplog
     ):

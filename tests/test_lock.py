@@ -8,7 +8,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
 from aioredis_patterns import (
     AsyncLock,
@@ -32,7 +33,7 @@ from aioredis_patterns import (
 from aioredis_patterns._lock import _alarms, _waiting
 from aioredis_patterns.testing import FaultProxy, RedisServer
 
-from ._helpers import acquire_noting_when, until_blocked
+from ._helpers import FULL_SERVER_ARGS, acquire_noting_when, fill_until_refused, until_blocked
 from .conftest import cancel_during_a_silent_release
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
@@ -255,6 +256,23 @@ class TestWithoutFencing:
             with pytest.raises(LockError, match="fencing=False"):
                 _ = lock.fencing_token
         assert await topology.exists("lock:order:9", "{lock:order:9}:fence") == 0
+
+    @pytest.mark.parametrize("fencing", [True, False])
+    async def test_a_full_server_refuses_an_acquire_with_redis_pys_oom_error(
+        self, redis_server_factory: Callable[..., RedisServer], fencing: bool
+    ) -> None:
+        """At maxmemory either acquire (script or SET) raises OutOfMemoryError, writing nothing."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        try:
+            await fill_until_refused(client)
+            lock = AsyncLock(client, "order:oom", fencing=fencing)
+            with pytest.raises(OutOfMemoryError):
+                await lock.acquire(blocking=False)
+            assert not lock.held
+            assert await client.exists("lock:order:oom", "{lock:order:oom}:fence") == 0
+        finally:
+            await client.aclose()
 
     async def test_fencing_and_plain_locks_on_one_name_exclude_each_other(self, redis: Redis):
         """A fencing=False holder refuses a fencing one, and the other way round."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import DataError
+from redis.exceptions import DataError, OutOfMemoryError
 
 from aioredis_patterns import (
     AtomicOps,
@@ -23,6 +24,8 @@ from aioredis_patterns._scripts import _BUILTINS
 from aioredis_patterns._slots import derived_key, slot_of
 from aioredis_patterns.testing import RedisServer
 from tests.conftest import command_calls
+
+from ._helpers import FULL_SERVER_ARGS, fill_until_refused
 
 SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
 
@@ -282,6 +285,27 @@ class TestErrors:
             await book.run("bad_incr", ["text"])
         assert caught.value.script == "bad_incr"
         assert "not an integer" in caught.value.detail
+
+    async def test_a_write_refused_at_maxmemory_raises_redis_pys_oom_error(
+        self, redis_server_factory: Callable[..., RedisServer]
+    ) -> None:
+        """At maxmemory a script's refused write raises OutOfMemoryError, as a plain SET does."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        try:
+            assert await fill_until_refused(client) > 0
+            book = ScriptBook.for_client(client)
+            with pytest.raises(OutOfMemoryError):
+                await AtomicOps(client, scripts=book).increment_with_limit("counter", 1, 10)
+            with pytest.raises(OutOfMemoryError):
+                await client.set("counter", 1)
+            async with client.pipeline(transaction=False) as pipe:
+                book.queue(pipe, "increment_with_limit", ["counter"], [1, 10, 0])
+                (queued,) = await pipe.execute(raise_on_error=False)
+            assert isinstance(book.translate("increment_with_limit", queued), OutOfMemoryError)
+            assert await client.exists("counter") == 0
+        finally:
+            await client.aclose()
 
     def test_error_codes_must_be_upper_case_words(self) -> None:
         """register_error_code refuses lower-case codes and a second factory for a code."""

@@ -19,7 +19,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import InvalidArgument, RedisUnavailable
@@ -41,6 +41,9 @@ R = TypeVar("R")
 
 UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "Redis did not answer", as opposed to Redis answering with an error."""
+
+WRITES_REFUSED: Final = (OutOfMemoryError, ReadOnlyError)
+"""Replies of a Redis that answers but takes no writes: full under ``noeviction``, a replica."""
 
 INVALIDATED: Final = "!"
 """Lease value written by set()/delete(): the load in flight may no longer write."""
@@ -76,7 +79,7 @@ class CacheStats:
     corrupt: int = 0
     """Stored values that failed to decode and were treated as misses."""
     redis_errors: int = 0
-    """Times Redis could not be reached (served fail-open, or raised)."""
+    """Times Redis could not be reached or refused a write (served fail-open, or raised)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ class AsyncCache:
       reader near expiry reloads with a probability that rises as expiry nears;
     * TTL jitter, so entries written together do not expire together;
     * fail-open: with Redis unreachable it logs a warning and returns the loader's
-      value, and skips Redis for *outage_backoff* before trying again.
+      value, and skips Redis for *outage_backoff* before trying again. A Redis
+      that refuses writes (full at ``maxmemory`` under ``noeviction``, or a
+      replica) still serves hits; misses get the loader's value uncached, and for
+      *outage_backoff* no write is tried.
 
     Use ``async with cache:`` to let early refreshes run in the background (the
     reader returns the current value at once) and to host shared loads in the
@@ -159,10 +165,13 @@ class AsyncCache:
             ``{key}:meta`` side key.
         lease_ttl: how long a process may load a key before others take over. Set
             it above your slowest load.
-        fail_open: serve loader values when Redis is unreachable (default). With
-            ``False``, get_or_load raises :class:`RedisUnavailable`.
+        fail_open: serve loader values when Redis is unreachable or refuses
+            writes (default). With ``False``, get_or_load raises
+            :class:`RedisUnavailable`, or redis-py's ``OutOfMemoryError`` or
+            ``ReadOnlyError``.
         outage_backoff: after Redis was unreachable, how long fail-open calls skip
-            Redis entirely, so an outage costs one timeout per window, not per call.
+            Redis entirely, so an outage costs one timeout per window, not per call;
+            after it refused a write, how long misses write nothing.
         clock: monotonic seconds; injectable for tests.
         rand: uniform floats in ``[0, 1)`` for XFetch and jitter; injectable for tests.
 
@@ -213,6 +222,7 @@ class AsyncCache:
         self._clock = clock
         self._rand = rand
         self._down_until = 0.0
+        self._no_writes_until = 0.0
         # full key -> (expiry on self._clock, load time ms), learnt from this process's
         # reads and writes, so a hit far from expiry can skip XFetch's metadata read.
         # An OrderedDict, not a dict: evicting the oldest of a dict (del d[next(iter(d))])
@@ -473,6 +483,8 @@ class AsyncCache:
         Raises:
             SerializationError: the loader's value cannot be encoded.
             RedisUnavailable: only with ``fail_open=False``, when Redis is unreachable.
+            redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError: only
+                with ``fail_open=False``, when a miss's write is refused.
             Whatever the loader raises.
         """
         full = self._full(key)
@@ -488,6 +500,8 @@ class AsyncCache:
                 entry = await self._read(full, u)
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
+            except WRITES_REFUSED as exc:  # the lease a miss takes in the read
+                self._writes_failed(exc)
             else:
                 if isinstance(entry, _Entry):
                     self.stats.hits += 1
@@ -515,7 +529,7 @@ class AsyncCache:
         with this *u* cannot fire, the read is a plain GET.
         """
         data: bytes | str | None
-        if not self._beta or not self._may_refresh(full, u):
+        if not self._beta or self._refusing_writes() or not self._may_refresh(full, u):
             data = await self._get(full)
             if data is None:
                 self._horizons.pop(full, None)
@@ -674,6 +688,28 @@ class AsyncCache:
     def _skipping_redis(self) -> bool:
         return bool(self._down_until) and self._fail_open and self._clock() < self._down_until
 
+    def _refusing_writes(self) -> bool:
+        return bool(self._no_writes_until) and self._clock() < self._no_writes_until
+
+    def _writes_failed(self, exc: BaseException) -> None:
+        """Raise *exc*, or (fail-open) log once per window and write nothing for a while.
+
+        Unlike an outage, reads go on: the hits of a full Redis are still good.
+        """
+        self.stats.redis_errors += 1
+        if not self._fail_open:
+            raise exc
+        now = self._clock()
+        if now >= self._no_writes_until:
+            logger.warning(
+                "Redis refuses writes (%s: %s); serving loader values without caching, "
+                "next write in %.1f s",
+                type(exc).__name__,
+                exc,
+                self._outage_backoff,
+            )
+        self._no_writes_until = now + self._outage_backoff
+
     def _redis_failed(self, exc: BaseException) -> None:
         """Raise RedisUnavailable, or (fail-open) log once per outage window and go on."""
         if not self._fail_open:
@@ -702,7 +738,7 @@ class AsyncCache:
         """Take the lease (unless *lease* is already held), load and store."""
         if lease is not None:
             return await self._load_and_store(lease.keys, loader, ttl_ms, lease.token)
-        if self._skipping_redis():
+        if self._skipping_redis() or self._refusing_writes():
             return (await self._call_loader(loader))[0]
         keys = _side_keys(full)
         token = secrets.token_hex(16)
@@ -716,6 +752,9 @@ class AsyncCache:
                 reply = await self._acquire(keys, token, force=force)
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
+                return (await self._call_loader(loader))[0]
+            except WRITES_REFUSED as exc:
+                self._writes_failed(exc)
                 return (await self._call_loader(loader))[0]
             kind = _kind(reply)
             if kind == "hit":
@@ -780,6 +819,9 @@ class AsyncCache:
             raise
         except UNAVAILABLE as exc:
             self._redis_failed(exc)
+        except WRITES_REFUSED as exc:
+            await self._release(keys[2], token)
+            self._writes_failed(exc)
         else:
             if stored:
                 self._remember(keys[0], ttl, delta if meta else None)
@@ -838,11 +880,13 @@ class AsyncCache:
                 return _MISSING
             self.stats.early_refreshes += 1
             return await self._load_and_store(keys, loader, ttl_ms, token)
-        except UNAVAILABLE as exc:
-            if self._fail_open:
-                self._redis_failed(exc)
-            else:
+        except (*UNAVAILABLE, *WRITES_REFUSED) as exc:
+            if not self._fail_open:
                 self.stats.redis_errors += 1
+            elif isinstance(exc, WRITES_REFUSED):
+                self._writes_failed(exc)
+            else:
+                self._redis_failed(exc)
             return _MISSING
         except Exception as exc:  # the reader keeps the still-valid value
             logger.warning(
