@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import OutOfMemoryError
 
 from aioredis_patterns import (
     AsyncRateLimiter,
@@ -21,10 +23,13 @@ from aioredis_patterns import (
     RateLimited,
     RateLimitResult,
     ScriptBook,
+    connect,
 )
 from aioredis_patterns._slots import slot_of
 from aioredis_patterns._tour import ratelimit as tour_ratelimit
+from aioredis_patterns.testing import RedisServer
 
+from ._helpers import FULL_SERVER_ARGS, fill_until_refused
 from .conftest import command_calls
 
 ALGORITHMS: list[Any] = ["sliding_log", "sliding_window", "gcra", "fixed_window"]
@@ -473,6 +478,33 @@ class TestShortWindow:
         await anyio.sleep(0.55)
         assert await topology.exists(*limiter.keys("k")) == 0
         assert (await limiter.allow("k")).remaining == 2
+
+
+class TestFullServer:
+    @pytest.mark.parametrize("algorithm", ALGORITHMS)
+    async def test_at_maxmemory_an_admission_raises_oom_and_a_denial_still_answers(
+        self, redis_server_factory: Callable[..., RedisServer], algorithm: Any
+    ) -> None:
+        """At maxmemory denials answer; admissions raise OutOfMemoryError (sliding_log's pass)."""
+        server = redis_server_factory(args=FULL_SERVER_ARGS)
+        client = await connect(server.url)
+        try:
+            limiter = AsyncRateLimiter(client, limit=2, window=60, algorithm=algorithm)
+            assert [(await limiter.allow("spent")).allowed for _ in range(2)] == [True, True]
+            await fill_until_refused(client)
+            kept = [await client.dump(key) for key in limiter.keys("spent")]
+            assert not (await limiter.allow("spent")).allowed  # a denial writes nothing
+            assert [await client.dump(key) for key in limiter.keys("spent")] == kept
+            if algorithm == "sliding_log":
+                # Its first write, the trim of old entries, is one Redis never refuses,
+                # and once a script has written, Redis lets it go on: admitted, counted.
+                assert (await limiter.allow("fresh")).remaining == 1
+                return
+            with pytest.raises(OutOfMemoryError):
+                await limiter.allow("fresh")
+            assert await client.exists(*limiter.keys("fresh")) == 0
+        finally:
+            await client.aclose()
 
 
 class TestMemory:
