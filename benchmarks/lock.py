@@ -7,7 +7,7 @@ aioredlock (on its own aioredis 1.x connections), plus the seed's Go lock ported
 as written and its minimal form.
 
 None of the peers draws a fencing token, so each lock row is measured twice: with
-AsyncLock's default (an acquire script that INCRs the fencing counter) and with
+AsyncLock's default (an acquire script that draws a fencing token) and with
 ``fencing=False``, which does the peers' job (an acquire that is one ``SET NX PX``).
 """
 

@@ -82,6 +82,12 @@ async def int_of(client: Redis | RedisCluster, key: str) -> int:
     return int(raw or 0)
 
 
+async def server_us(client: Redis | RedisCluster) -> int:
+    """The server's clock in microseconds (Redis TIME)."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
 class FlakyBook(ScriptBook):
     """A real ScriptBook whose first *failures* lock_extend calls fail like a dropped socket."""
 
@@ -155,16 +161,17 @@ class TestAcquireRelease:
     async def test_fencing_counter_lives_in_the_lock_keys_slot_and_rises(
         self, topology: Redis | RedisCluster
     ):
-        """Each acquire INCRs {lock:order:123}:fence; fencing_token returns the value."""
+        """Each acquire draws a rising token, at least the server's clock in µs, into {…}:fence."""
         lock = AsyncLock(topology, "order:123", ttl=10)
         with pytest.raises(LockError):
             _ = lock.fencing_token
         seen = []
+        before = await server_us(topology)
         for _ in range(3):
             async with lock:
                 seen.append(lock.fencing_token)
-        assert seen == [1, 2, 3]
-        assert await int_of(topology, "{lock:order:123}:fence") == 3
+        assert before <= seen[0] < seen[1] < seen[2] <= await server_us(topology)
+        assert await int_of(topology, "{lock:order:123}:fence") == seen[-1]
 
     async def test_a_second_holder_is_refused_while_the_first_holds(self, redis: Redis):
         """Non-blocking acquire fails at once; async with raises LockNotAcquired, a TimeoutError."""
@@ -242,6 +249,45 @@ class TestAcquireRelease:
         assert not lock.held
 
 
+class TestFencingTokens:
+    async def test_a_lost_counter_still_gives_a_larger_token(
+        self, topology: Redis | RedisCluster
+    ) -> None:
+        """With {…}:fence gone (evicted, flushed), the next token is still above the last."""
+        lock = AsyncLock(topology, "order:5", ttl=10)
+        async with lock:
+            first = lock.fencing_token
+        await topology.delete("{lock:order:5}:fence")
+        async with lock:
+            assert lock.fencing_token > first
+
+    async def test_a_counter_set_back_still_gives_a_larger_token(self, redis: Redis) -> None:
+        """A counter behind the last token (a failover lost increments): the next is larger."""
+        lock = AsyncLock(redis, "order:6", ttl=10)
+        async with lock:
+            first = lock.fencing_token
+        await redis.set("{lock:order:6}:fence", first - 1_000)
+        async with lock:
+            assert lock.fencing_token > first
+
+    async def test_a_server_restarted_empty_still_gives_larger_tokens(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A restart without persistence forgets the counter; tokens after it still rise."""
+        tokens = []
+        for _ in range(2):
+            client = await connect(redis_server.url)
+            try:
+                lock = AsyncLock(client, "order:7", ttl=10)
+                for _ in range(2):
+                    async with lock:
+                        tokens.append(lock.fencing_token)
+            finally:
+                await client.aclose()
+            redis_server.restart()
+        assert tokens == sorted(set(tokens))
+
+
 class TestWithoutFencing:
     async def test_an_acquire_is_a_plain_set_nx_px_and_draws_no_token(
         self, topology: Redis | RedisCluster
@@ -283,7 +329,7 @@ class TestWithoutFencing:
         assert await plain.release()
         assert await fenced.acquire()
         assert not await plain.acquire()
-        assert fenced.fencing_token == 1
+        assert fenced.fencing_token == await int_of(redis, "{lock:job}:fence") > 0
         assert await fenced.release()
 
     async def test_a_refused_blocking_acquire_leaves_the_waiter_flag_before_it_waits(
@@ -381,7 +427,8 @@ class TestMutualExclusion:
                 tg.start_soon(worker, n)
         elapsed = time.monotonic() - started
         assert await int_of(redis, "count") == 1000
-        assert fences == list(range(1, 1001))  # in acquisition order, strictly rising
+        assert len(fences) == 1000
+        assert fences == sorted(set(fences))  # in acquisition order, strictly rising
         print(f"\n50x20 hand-offs: {elapsed:.2f} s, {elapsed / 1000 * 1000:.2f} ms per acquisition")
 
 

@@ -142,16 +142,18 @@ class TestQuorum:
 
 class TestFencing:
     async def test_tokens_keep_rising_when_node_counters_disagree(self, nodes: Cluster):
-        """Counters 5/0/0 give token 6 and raise every won node to 6; the next token is larger."""
-        await nodes.clients[0].set("{lock:job}:fence", 5)
+        """One counter far ahead gives its next token and raises every won node to it; then +1."""
+        seconds, micros = await nodes.clients[0].time()
+        ahead = int(seconds) * 1_000_000 + int(micros) + 10**9  # 1,000 s past the clock
+        await nodes.clients[0].set("{lock:job}:fence", ahead)
         lock = AsyncRedlock(nodes.clients, "job", ttl=5)
         async with lock:
-            assert lock.fencing_token == 6
+            assert lock.fencing_token == ahead + 1
         counters = [int(await c.get("{lock:job}:fence") or 0) for c in nodes.clients]
-        assert counters == [6, 6, 6]
+        assert counters == [ahead + 1] * 3
         nodes.servers[0].kill()  # the node that was ahead is gone
         async with lock:
-            assert lock.fencing_token == 7
+            assert lock.fencing_token == ahead + 2
 
 
 class TestWatchdog:

@@ -60,8 +60,22 @@ class TestLimit:
                 tg.start_soon(worker)
         assert done == 50
         assert peak == 5
-        assert sorted(fences) == list(range(1, 51))
+        assert len(set(fences)) == 50  # one token each, never drawn twice
         assert await topology.exists("semaphore:pool") == 0
+
+    async def test_tokens_keep_rising_after_the_counter_is_lost_or_set_back(self, redis: Redis):
+        """With {…}:fence deleted, then set back by 1,000, each next token is still larger."""
+        sem = AsyncSemaphore(redis, "pool", 2, ttl=10)
+        tokens = []
+        async with sem:
+            tokens.append(sem.fencing_token)
+        await redis.delete("{semaphore:pool}:fence")
+        async with sem:
+            tokens.append(sem.fencing_token)
+        await redis.set("{semaphore:pool}:fence", tokens[-1] - 1_000)
+        async with sem:
+            tokens.append(sem.fencing_token)
+        assert tokens == sorted(set(tokens))
 
     async def test_holders_are_stored_by_token_with_server_time_expiry(self, redis: Redis):
         """The sorted set maps each holder's token to its expiry in server milliseconds."""

@@ -172,7 +172,10 @@ class Holder(ABC):
     def fencing_token(self) -> int:
         """The fencing token of the current (or last) acquisition.
 
-        Tokens rise strictly with each acquisition of the same name. Pass it to the
+        Tokens rise strictly with each acquisition of the same name, also after the
+        counter was lost (evicted, or a restart without persistence): a token is one
+        more than the last and never less than the server's clock in microseconds,
+        a 16-digit number that fits a 64-bit integer. Pass it to the
         storage you protect and have it refuse writes carrying a smaller token than
         one it has seen: that stops a holder that lost the lock without knowing it
         (a long GC pause, a partition) from overwriting its successor's work.

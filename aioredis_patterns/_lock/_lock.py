@@ -53,10 +53,10 @@ class AsyncLock(Holder):
         scripts: the :class:`ScriptBook` to use (default: the client's shared book).
         max_extensions: the watchdog extends at most this many times per hold.
         max_hold: the body is cancelled this long after the acquire at the latest.
-        fencing: draw a fencing token with each acquire (an ``INCR`` in the acquire
-            script). With ``fencing=False`` an acquire is one plain
-            ``SET key token NX PX ttl``, the command redis-py's Lock and the seed's
-            Go lock send, and :attr:`fencing_token` raises :class:`LockError`.
+        fencing: draw a fencing token with each acquire (in the acquire script).
+            With ``fencing=False`` an acquire is one plain ``SET key token NX PX ttl``,
+            the command redis-py's Lock and the seed's Go lock send, and
+            :attr:`fencing_token` raises :class:`LockError`.
             A refused acquire that goes on to wait retries at once with the script,
             which leaves the waiter flag that makes the release wake it.
         clock: a monotonic clock in seconds (for tests).

@@ -48,13 +48,14 @@ class AsyncRedlock(Holder):
     count only when a quorum confirms; release reports True when a quorum still
     held the lock.
 
-    Fencing tokens: each node counts acquisitions in ``{key}:fence``. The token is
-    the largest count among the nodes won, and, when the nodes disagree, a second
-    round raises the counter of every won node to it while the lock is still held
-    there. Any later quorum shares a node with this one, so every later token is
-    larger. Redlock still rests on timing assumptions (bounded clock drift and
-    pauses, nodes that keep their keys across restarts): read docs/lock.md before
-    trusting it with correctness rather than efficiency.
+    Fencing tokens: each node keeps its last token in ``{key}:fence`` (drawn as
+    :class:`AsyncLock` draws them). The token is the largest among the nodes won,
+    and, when the nodes disagree, a second round raises the counter of every won
+    node to it while the lock is still held there. Any later quorum shares a node
+    with this one, so every later token is larger. Redlock still rests on timing
+    assumptions (bounded clock drift and pauses, nodes that keep their keys across
+    restarts): read docs/lock.md before trusting it with correctness rather than
+    efficiency.
 
     Args:
         clients: one ``redis.asyncio`` client per independent master (not replicas

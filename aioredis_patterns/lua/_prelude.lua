@@ -21,7 +21,7 @@ local function stored_int(key)
     return 0, false
   end
   local digits = string.match(v, '^%-?(%d+)$')
-  if digits == nil or #digits > 15 then
+  if digits == nil or #digits > 16 or tonumber(digits) >= 9007199254740992 then
     error(redis.error_reply('NOT_INTEGER ' .. key))
   end
   return tonumber(v), true

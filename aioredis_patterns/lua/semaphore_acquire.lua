@@ -3,11 +3,13 @@
 -- counter, KEYS[3] waiter flag
 -- ARGV[1] token (non-empty), ARGV[2] ttl ms (integer >= 1), ARGV[3] limit (integer >= 1),
 -- ARGV[4] waiter flag ttl ms (integer >= 1)
--- returns {1, fencing token} admitted; {0, ms until the earliest holder expires} all slots
+-- returns {1, fencing token} admitted (tokens rise strictly and are at least the server's
+-- clock in microseconds, see _fence); {0, ms until the earliest holder expires} all slots
 -- taken, and the waiter flag is set for ARGV[4] ms so that a release wakes this waiter
 -- errors: INVALID_ARGUMENT <detail>; NOT_INTEGER <fencing counter>
 -- Expired holders are pruned first, so a crashed holder frees its slot at its expiry.
 -- #include _prelude
+-- #include _fence
 local ttl = arg_int(2, 'ttl', 1)
 local limit = arg_int(3, 'limit', 1)
 local flag_ttl = arg_int(4, 'waiter flag ttl', 1)
@@ -22,11 +24,9 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
   redis.call('SET', KEYS[3], '1', 'PX', flag_ttl)
   return {0, tonumber(first[2]) - now}
 end
--- the counter is bumped before the first write, so a corrupt counter changes nothing
-local fence = redis.pcall('INCR', KEYS[2])
-if type(fence) == 'table' and fence.err then
-  return redis.error_reply('NOT_INTEGER ' .. KEYS[2])
-end
+-- the token is drawn before the holder is added, so a corrupt counter admits nobody
+local fence = next_fence(KEYS[2])
+store_fence(KEYS[2], fence)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 -- the set lives as long as its longest-lived holder, so an idle semaphore leaves nothing
 if redis.call('PTTL', KEYS[1]) < ttl then
