@@ -239,14 +239,22 @@ class TestAcquireRelease:
                     pass
         assert not await lock.locked()
 
-    async def test_a_corrupt_fencing_counter_leaves_no_lock_behind(self, redis: Redis):
-        """With a non-integer fence counter, acquire raises NotAnInteger and the key is not set."""
-        await redis.set("{lock:job}:fence", "not-a-number")
+    @pytest.mark.parametrize("corrupt", ["not-a-number", "1e3", str(2**53), "list"])
+    async def test_a_corrupt_fencing_counter_leaves_no_lock_behind(
+        self, redis: Redis, corrupt: str
+    ) -> None:
+        """A fence counter that is no integer: NotAnInteger, no lock key, the counter as it was."""
+        if corrupt == "list":
+            await redis.rpush("{lock:job}:fence", "x")
+        else:
+            await redis.set("{lock:job}:fence", corrupt)
+        before = await redis.dump("{lock:job}:fence")
         lock = AsyncLock(redis, "job", ttl=10)
         with pytest.raises(NotAnInteger):
             await lock.acquire()
         assert await redis.exists("lock:job") == 0
         assert not lock.held
+        assert await redis.dump("{lock:job}:fence") == before
 
 
 class TestFencingTokens:

@@ -13,7 +13,14 @@ import anyio
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from aioredis_patterns import AsyncSemaphore, InvalidArgument, LockError, LockLost, LockNotAcquired
+from aioredis_patterns import (
+    AsyncSemaphore,
+    InvalidArgument,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+    NotAnInteger,
+)
 from aioredis_patterns.testing import RedisServer
 
 from .conftest import cancel_during_a_silent_release
@@ -76,6 +83,15 @@ class TestLimit:
         async with sem:
             tokens.append(sem.fencing_token)
         assert tokens == sorted(set(tokens))
+
+    async def test_a_corrupt_fencing_counter_admits_nobody(self, redis: Redis) -> None:
+        """A fence counter that is no integer: NotAnInteger, no holder added, counter as it was."""
+        await redis.set("{semaphore:pool}:fence", "junk")
+        sem = AsyncSemaphore(redis, "pool", 2, ttl=10)
+        with pytest.raises(NotAnInteger):
+            await sem.acquire()
+        assert await redis.exists("semaphore:pool") == 0
+        assert await redis.get("{semaphore:pool}:fence") == b"junk"
 
     async def test_holders_are_stored_by_token_with_server_time_expiry(self, redis: Redis):
         """The sorted set maps each holder's token to its expiry in server milliseconds."""

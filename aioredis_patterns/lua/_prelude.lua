@@ -12,17 +12,26 @@ local function arg_int(i, name, min)
   return n
 end
 
+-- The string v as an integer, or nil for anything but a plain decimal integer that a
+-- Lua double holds exactly (below 2^53 in size).
+local function as_int(v)
+  local digits = string.match(v, '^%-?(%d+)$')
+  if digits == nil or #digits > 16 or tonumber(digits) >= 9007199254740992 then
+    return nil
+  end
+  return tonumber(v)
+end
+
 -- The integer stored at key and whether the key exists; a missing key is 0.
--- Anything but a plain decimal integer that a Lua double holds exactly raises
--- NOT_INTEGER <key>.
+-- Anything else as_int refuses raises NOT_INTEGER <key>.
 local function stored_int(key)
   local v = redis.call('GET', key)
   if v == false then
     return 0, false
   end
-  local digits = string.match(v, '^%-?(%d+)$')
-  if digits == nil or #digits > 16 or tonumber(digits) >= 9007199254740992 then
+  local n = as_int(v)
+  if n == nil then
     error(redis.error_reply('NOT_INTEGER ' .. key))
   end
-  return tonumber(v), true
+  return n, true
 end

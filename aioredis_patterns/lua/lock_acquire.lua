@@ -19,16 +19,17 @@ end
 if ARGV[1] == '' then
   return redis.error_reply('INVALID_ARGUMENT token must not be empty')
 end
-local fencing = ARGV[4] ~= '0'
-local fence = 0
-if fencing then
-  fence = next_fence(KEYS[2]) -- before any write: a corrupt counter leaves nothing behind
-end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
   redis.call('SET', KEYS[3], '1', 'PX', flag_ttl)
   return {0, redis.call('PTTL', KEYS[1])}
 end
-if fencing then
-  store_fence(KEYS[2], fence)
+if ARGV[4] == '0' then
+  return {1, 0}
+end
+local fence = draw_fence(KEYS[2])
+if fence == nil then
+  -- undo the SET so a corrupt counter never leaves an orphaned lock behind
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('NOT_INTEGER ' .. KEYS[2])
 end
 return {1, fence}

@@ -25,8 +25,10 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
   return {0, tonumber(first[2]) - now}
 end
 -- the token is drawn before the holder is added, so a corrupt counter admits nobody
-local fence = next_fence(KEYS[2])
-store_fence(KEYS[2], fence)
+local fence = draw_fence(KEYS[2])
+if fence == nil then
+  return redis.error_reply('NOT_INTEGER ' .. KEYS[2])
+end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 -- the set lives as long as its longest-lived holder, so an idle semaphore leaves nothing
 if redis.call('PTTL', KEYS[1]) < ttl then
