@@ -975,7 +975,7 @@ class TestDeadlines:
         assert not fired.is_set()
         with anyio.fail_after(0.25):
             await fired.wait()
-        assert ran_at[0] - started >= 0.05
+        assert ran_at[0] >= started + 0.05  # the alarm's own sum: a difference may round below
 
     async def test_cancelled_alarms_are_swept_and_live_ones_kept(self) -> None:
         """20,000 alarms set and cancelled leave a small heap, and a live one among them runs."""
