@@ -297,7 +297,7 @@ class ScriptBook:
         exception for a server's condition whether it sent a script or a plain
         command.
         """
-        if not isinstance(exc, ResponseError) or type(exc) is not ResponseError:
+        if type(exc) is not ResponseError:
             return exc
         # An error raised from a helper function arrives with " script: <sha>, on
         # @user_script:<line>." appended; the code and detail come before it.

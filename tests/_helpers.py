@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+
+from aioredis_patterns import connect
 
 
 async def eventually(predicate: Callable[[], Any], *, within: float = 5.0) -> None:
@@ -32,6 +35,20 @@ async def until_blocked(client: Any, count: int = 1, *, within: float = 5.0) -> 
 
 FULL_SERVER_ARGS = ("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
 """A server that refuses writes once it holds 2 MB (start it, then :func:`fill_until_refused`)."""
+
+
+@asynccontextmanager
+async def client_of_full_server(start_server: Callable[..., Any]) -> AsyncIterator[Any]:
+    """A ``connect()`` client of a new server started with :data:`FULL_SERVER_ARGS`, not filled yet.
+
+    *start_server* is the ``redis_server_factory`` fixture; the client is closed on exit.
+    """
+    server = start_server(args=FULL_SERVER_ARGS)
+    client = await connect(server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def fill_until_refused(client: Any) -> int:

@@ -33,7 +33,7 @@ from aioredis_patterns._cache._core import _HORIZONS_KEPT
 from aioredis_patterns.testing import FaultProxy, RedisServer
 from tests.conftest import command_calls
 
-from ._helpers import FULL_SERVER_ARGS, eventually, fill_until_refused
+from ._helpers import client_of_full_server, eventually, fill_until_refused
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
 MISSING = object()
@@ -1000,10 +1000,8 @@ class TestFailOpen:
         self, redis_server_factory: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
     ) -> None:
         """At maxmemory: hits still served, misses load uncached, no write tried for the window."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
         now = [0.0]
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             cache = AsyncCache(
                 client, namespace="full:", ttl=60, outage_backoff=5, clock=lambda: now[0]
             )
@@ -1025,16 +1023,12 @@ class TestFailOpen:
             assert await cache.get_or_load("new", fresh) == "new6"
             assert await cache.get_or_load("new", fresh) == "new6"
             assert fresh.calls == 6
-        finally:
-            await client.aclose()
 
     async def test_a_store_refused_after_the_load_returns_the_value_and_frees_the_lease(
         self, redis_server_factory: Callable[..., RedisServer]
     ) -> None:
         """Redis fills up while the loader runs: the value is returned and the lease released."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             cache = AsyncCache(client, namespace="full:", ttl=60)
 
             async def fills_then_loads() -> str:
@@ -1045,16 +1039,12 @@ class TestFailOpen:
             assert await cache.get_or_load("k", fills_then_loads) == "loaded"
             assert await client.exists("full:k", "{full:k}:lease") == 0
             assert cache.stats.redis_errors == 1
-        finally:
-            await client.aclose()
 
     async def test_a_full_server_raises_oom_without_fail_open(
         self, redis_server_factory: Callable[..., RedisServer]
     ) -> None:
         """fail_open=False: a miss on a full Redis raises OutOfMemoryError before loading."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             cache = AsyncCache(client, namespace="full:", ttl=60, fail_open=False)
             await fill_until_refused(client)
             loader = Loader()
@@ -1063,8 +1053,6 @@ class TestFailOpen:
             assert loader.calls == 0
             assert cache.stats.redis_errors == 1
             assert await client.exists("full:k", "{full:k}:lease") == 0
-        finally:
-            await client.aclose()
 
     async def test_server_killed_mid_run_serves_loader_values_then_caching_resumes(
         self, redis_server: RedisServer, caplog

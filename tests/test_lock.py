@@ -33,7 +33,7 @@ from aioredis_patterns import (
 from aioredis_patterns._lock import _alarms, _waiting
 from aioredis_patterns.testing import FaultProxy, RedisServer
 
-from ._helpers import FULL_SERVER_ARGS, acquire_noting_when, fill_until_refused, until_blocked
+from ._helpers import acquire_noting_when, client_of_full_server, fill_until_refused, until_blocked
 from .conftest import cancel_during_a_silent_release
 
 # The seed's Go DistributedLock scripts, verbatim (redis-patterns-go.md).
@@ -316,17 +316,13 @@ class TestWithoutFencing:
         self, redis_server_factory: Callable[..., RedisServer], fencing: bool
     ) -> None:
         """At maxmemory either acquire (script or SET) raises OutOfMemoryError, writing nothing."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             await fill_until_refused(client)
             lock = AsyncLock(client, "order:oom", fencing=fencing)
             with pytest.raises(OutOfMemoryError):
                 await lock.acquire(blocking=False)
             assert not lock.held
             assert await client.exists("lock:order:oom", "{lock:order:oom}:fence") == 0
-        finally:
-            await client.aclose()
 
     async def test_fencing_and_plain_locks_on_one_name_exclude_each_other(self, redis: Redis):
         """A fencing=False holder refuses a fencing one, and the other way round."""

@@ -23,13 +23,12 @@ from aioredis_patterns import (
     RateLimited,
     RateLimitResult,
     ScriptBook,
-    connect,
 )
 from aioredis_patterns._slots import slot_of
 from aioredis_patterns._tour import ratelimit as tour_ratelimit
 from aioredis_patterns.testing import RedisServer
 
-from ._helpers import FULL_SERVER_ARGS, fill_until_refused
+from ._helpers import client_of_full_server, fill_until_refused
 from .conftest import command_calls
 
 ALGORITHMS: list[Any] = ["sliding_log", "sliding_window", "gcra", "fixed_window"]
@@ -486,9 +485,7 @@ class TestFullServer:
         self, redis_server_factory: Callable[..., RedisServer], algorithm: Any
     ) -> None:
         """At maxmemory denials answer; admissions raise OutOfMemoryError (sliding_log's pass)."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             limiter = AsyncRateLimiter(client, limit=2, window=60, algorithm=algorithm)
             assert [(await limiter.allow("spent")).allowed for _ in range(2)] == [True, True]
             await fill_until_refused(client)
@@ -503,8 +500,6 @@ class TestFullServer:
             with pytest.raises(OutOfMemoryError):
                 await limiter.allow("fresh")
             assert await client.exists(*limiter.keys("fresh")) == 0
-        finally:
-            await client.aclose()
 
 
 class TestMemory:

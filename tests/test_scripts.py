@@ -25,7 +25,7 @@ from aioredis_patterns._slots import derived_key, slot_of
 from aioredis_patterns.testing import RedisServer
 from tests.conftest import command_calls
 
-from ._helpers import FULL_SERVER_ARGS, fill_until_refused
+from ._helpers import client_of_full_server, fill_until_refused
 
 SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
 
@@ -290,9 +290,7 @@ class TestErrors:
         self, redis_server_factory: Callable[..., RedisServer]
     ) -> None:
         """At maxmemory a script's refused write raises OutOfMemoryError, as a plain SET does."""
-        server = redis_server_factory(args=FULL_SERVER_ARGS)
-        client = await connect(server.url)
-        try:
+        async with client_of_full_server(redis_server_factory) as client:
             assert await fill_until_refused(client) > 0
             book = ScriptBook.for_client(client)
             with pytest.raises(OutOfMemoryError):
@@ -304,8 +302,6 @@ class TestErrors:
                 (queued,) = await pipe.execute(raise_on_error=False)
             assert isinstance(book.translate("increment_with_limit", queued), OutOfMemoryError)
             assert await client.exists("counter") == 0
-        finally:
-            await client.aclose()
 
     def test_error_codes_must_be_upper_case_words(self) -> None:
         """register_error_code refuses lower-case codes and a second factory for a code."""

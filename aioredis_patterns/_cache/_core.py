@@ -696,35 +696,35 @@ class AsyncCache:
 
         Unlike an outage, reads go on: the hits of a full Redis are still good.
         """
-        self.stats.redis_errors += 1
         if not self._fail_open:
+            self.stats.redis_errors += 1
             raise exc
-        now = self._clock()
-        if now >= self._no_writes_until:
-            logger.warning(
-                "Redis refuses writes (%s: %s); serving loader values without caching, "
-                "next write in %.1f s",
-                type(exc).__name__,
-                exc,
-                self._outage_backoff,
-            )
-        self._no_writes_until = now + self._outage_backoff
+        self._no_writes_until = self._failed_open(
+            exc, "Redis refuses writes", "next write", self._no_writes_until
+        )
 
     def _redis_failed(self, exc: BaseException) -> None:
         """Raise RedisUnavailable, or (fail-open) log once per outage window and go on."""
         if not self._fail_open:
             raise self._translate(exc) from exc
+        self._down_until = self._failed_open(
+            exc, "Redis is unavailable", "next attempt", self._down_until
+        )
+
+    def _failed_open(self, exc: BaseException, trouble: str, retry: str, until: float) -> float:
+        """Count *exc*, warn unless the window ending at *until* is still open; the new end."""
         self.stats.redis_errors += 1
         now = self._clock()
-        if now >= self._down_until:
+        if now >= until:
             logger.warning(
-                "Redis is unavailable (%s: %s); serving loader values without caching, "
-                "next attempt in %.1f s",
+                "%s (%s: %s); serving loader values without caching, %s in %.1f s",
+                trouble,
                 type(exc).__name__,
                 exc,
+                retry,
                 self._outage_backoff,
             )
-        self._down_until = now + self._outage_backoff
+        return now + self._outage_backoff
 
     async def _load_cold(
         self,
