@@ -41,6 +41,7 @@ def tests(session: nox.Session) -> None:
 # tasks and cancellation. The topology launchers and pure-Python tests are left out.
 LOOP_SENSITIVE_TESTS = [
     "tests/test_event_loop.py",
+    "tests/test_alarms.py",
     "tests/test_connection.py",
     "tests/test_scripts.py",
     "tests/test_round_trips.py",

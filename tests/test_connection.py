@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -325,6 +326,121 @@ def tls_server(
         )
     )  # fmt: skip
     return server, tls_port, cert
+
+
+class TestReadDeadline:
+    """A reply's read, bounded by socket_timeout on the toolkit's alarms (``_fastpath``)."""
+
+    async def test_a_reply_the_server_holds_back_times_out_after_socket_timeout(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A read from a stopped server raises TimeoutError after 0.3 s; the next one works."""
+        client = await connect(
+            redis_server.url, timeout=5.0, retries=0, socket_timeout=0.3, max_connections=1
+        )
+        pid = redis_server.pid
+        assert pid is not None
+        await client.set("deadline:k", "v")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+                await client.get("deadline:k")
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert 0.25 < waited < 3.0
+        # the timed-out connection was dropped: its late reply is never read as this one's
+        assert await client.get("deadline:missing") is None
+        assert await client.get("deadline:k") == b"v"
+        await client.aclose()
+
+    async def test_a_reply_arriving_as_the_deadline_passes_leaves_no_broken_connection(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A reply and its deadline due at once: the read answers or times out; the pool works."""
+        client = await connect(
+            redis_server.url, timeout=5.0, retries=0, socket_timeout=0.05, max_connections=1
+        )
+        pid = redis_server.pid
+        assert pid is not None
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+        outcome: object
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            await connection.send_command("PING", check_health=False)
+
+            def resume_and_stall() -> None:
+                # The loop stalls past the deadline while the reply comes in, so the
+                # reply and the deadline are both due in the loop's next turn.
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.3)
+
+            asyncio.get_running_loop().call_soon(resume_and_stall)
+            try:
+                outcome = await connection.read_response()
+            except RedisTimeoutError as exc:
+                outcome = exc
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await pool.release(connection)
+        # asyncio runs the reply first, uvloop the deadline: either is an answer
+        assert outcome == b"PONG" or isinstance(outcome, RedisTimeoutError)
+        # whichever won, the connection went, since its stream holds the deadline's error
+        assert not connection.is_connected
+        assert await client.ping() is True
+        await client.aclose()
+
+    async def test_a_maintenance_notice_relaxes_the_running_read(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A read relaxed from 0.2 s to 3 s mid-way gets its reply 0.6 s later."""
+        client = await connect(redis_server.url, timeout=5.0, retries=0, socket_timeout=0.2)
+        pid = redis_server.pid
+        assert pid is not None
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+
+        async def relax_then_resume() -> None:
+            await anyio.sleep(0.05)
+            # what redis-py's handler of a MIGRATING or FAILING_OVER notice calls
+            connection.update_current_socket_timeout(3.0)
+            await anyio.sleep(0.55)
+            os.kill(pid, signal.SIGCONT)
+
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            await connection.send_command("PING", check_health=False)
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relax_then_resume)
+                reply = await connection.read_response()
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await pool.release(connection)
+        assert reply == b"PONG"
+        assert waited > 0.5
+        assert connection.is_connected
+        await client.aclose()
+
+    async def test_a_cancelled_read_drops_its_connection(self, redis_server: RedisServer) -> None:
+        """A GET cancelled while the server is stopped never hands its reply to the next command."""
+        client = await connect(redis_server.url, timeout=5.0, max_connections=1)
+        pid = redis_server.pid
+        assert pid is not None
+        await client.set("deadline:a", "a")
+        await client.set("deadline:b", "b")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with anyio.move_on_after(0.2) as scope:
+                await client.get("deadline:a")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert scope.cancelled_caught
+        assert await client.get("deadline:b") == b"b"
+        await client.aclose()
 
 
 class TestTLS:

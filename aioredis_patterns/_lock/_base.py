@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from .._alarms import Alarm, call_later
 from .._exceptions import InvalidArgument, LockError, LockLost, LockNotAcquired
 from .._groups import first_error
 from .._slots import derived_key
 from .._validation import non_empty_str, optional_seconds, positive_int, to_milliseconds
-from ._alarms import Alarm, call_later
 from ._waiting import line_busy, line_for, poll_delay
 from ._watchdog import (
     Clock,

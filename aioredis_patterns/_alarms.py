@@ -1,15 +1,16 @@
-"""Deadlines of lock blocks, kept on one event-loop timer per loop.
+"""Short-lived deadlines, kept on one event-loop timer per loop.
 
-Every ``async with`` on a lock sets two deadlines and almost always cancels both
-within a millisecond: when the watchdog must start (a third of the ttl after the
-acquire) and how long the release may take. As asyncio timers each costs a
-``TimerHandle`` pushed on the loop's heap, compared there by a ``__lt__`` written
-in Python, and left in it, cancelled, until the loop rebuilds the heap; with 50
-blocks at once that was 12 of the 40 CPU µs a block added to its acquire and
-release (``benchmarks/analysis.md``). Here a deadline is a tuple on a heap of
-our own, compared in C, and one asyncio timer per loop fires for the earliest.
-Cancelling marks the alarm; cancelled alarms are dropped when they reach the top
-or when they are over half the heap.
+Deadlines that are set and almost always cancelled within a millisecond: every
+``async with`` on a lock sets two (when the watchdog must start, a third of the
+ttl after the acquire, and how long the release may take), and every reply read
+on the toolkit's connections sets one (``socket_timeout``, ``_fastpath``). As
+asyncio timers each costs a ``TimerHandle`` pushed on the loop's heap, compared
+there by a ``__lt__`` written in Python, and left in it, cancelled, until the
+loop rebuilds the heap; with 50 blocks at once that was 12 of the 40 CPU µs a
+block added to its acquire and release (``benchmarks/analysis.md``). Here a
+deadline is a tuple on a heap of our own, compared in C, and one asyncio timer
+per loop fires for the earliest. Cancelling marks the alarm; cancelled alarms
+are dropped when they reach the top or when they are over half the heap.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import weakref
 from collections.abc import Callable
 from typing import Final
 
-from ._watchdog import logger
-
 __all__ = ["Alarm", "call_later"]
+
+logger = logging.getLogger("aioredis_patterns")
 
 _COMPACT_ABOVE: Final = 256
 """Heap size above which cancelled alarms are swept out once they are the majority."""
@@ -105,7 +107,7 @@ class _Alarms:
             try:
                 callback()
             except Exception:  # as asyncio does with a timer's callback: log it, go on
-                logger.exception("a lock deadline's callback failed")
+                logger.exception("a deadline's callback failed")
         if heap and self._handle is None:
             self._arm(loop, heap[0][0])
 
