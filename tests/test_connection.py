@@ -50,6 +50,19 @@ def every_message(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+def stop_process(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP *pid* and return once it is stopped (kill() returns before it is)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            # the state follows the command name, which is in parentheses
+            if stat.read().rpartition(")")[2].split()[0] == "T":
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port whose listener completes the TCP handshake but never answers a byte."""
@@ -368,7 +381,7 @@ class TestReadDeadline:
         connection = await pool.get_connection()
         outcome: object
         try:
-            os.kill(pid, signal.SIGSTOP)
+            stop_process(pid)  # so the reply cannot come before the loop stalls
             await connection.send_command("PING", check_health=False)
 
             def resume_and_stall() -> None:
@@ -395,8 +408,8 @@ class TestReadDeadline:
     async def test_a_maintenance_notice_relaxes_the_running_read(
         self, redis_server: RedisServer
     ) -> None:
-        """A read relaxed from 0.2 s to 3 s mid-way gets its reply 0.6 s later."""
-        client = await connect(redis_server.url, timeout=5.0, retries=0, socket_timeout=0.2)
+        """A read relaxed from 0.5 s to 5 s mid-way gets its reply 1 s later."""
+        client = await connect(redis_server.url, timeout=5.0, retries=0, socket_timeout=0.5)
         pid = redis_server.pid
         assert pid is not None
         pool = client.connection_pool
@@ -405,8 +418,8 @@ class TestReadDeadline:
         async def relax_then_resume() -> None:
             await anyio.sleep(0.05)
             # what redis-py's handler of a MIGRATING or FAILING_OVER notice calls
-            connection.update_current_socket_timeout(3.0)
-            await anyio.sleep(0.55)
+            connection.update_current_socket_timeout(5.0)
+            await anyio.sleep(0.95)
             os.kill(pid, signal.SIGCONT)
 
         try:
@@ -421,7 +434,7 @@ class TestReadDeadline:
             os.kill(pid, signal.SIGCONT)
             await pool.release(connection)
         assert reply == b"PONG"
-        assert waited > 0.5
+        assert waited > 0.9
         assert connection.is_connected
         await client.aclose()
 
