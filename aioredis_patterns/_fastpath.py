@@ -20,8 +20,8 @@ write in a new ``Task``: about 20 µs of CPU and an event-loop turn per command,
 mostly spent before the command reaches the socket. These connections write in
 the caller's task and bound the wait only when the socket does not take the
 command at once. And redis-py bounds each read of a reply with
-``asyncio.timeout``, a loop timer made and cancelled per reply (4.4 µs of CPU on
-the bench machine, and a cancelled entry left on the loop's heap); these
+``asyncio.timeout``, a loop timer made and cancelled per reply (4.3-5.6 µs of CPU
+on the bench machine, and a cancelled entry left on the loop's heap); these
 connections bound it with a deadline on the toolkit's own heap (``_alarms``).
 
 The short paths here keep what matters: the connection's own ``Retry``, its
