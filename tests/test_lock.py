@@ -324,6 +324,27 @@ class TestWithoutFencing:
             assert not lock.held
             assert await client.exists("lock:order:oom", "{lock:order:oom}:fence") == 0
 
+    @pytest.mark.parametrize("fencing", [True, False])
+    async def test_a_full_server_still_answers_that_a_held_lock_is_held(
+        self, redis_server_factory: Callable[..., RedisServer], fencing: bool
+    ) -> None:
+        """At maxmemory a held lock is refused or waited for, as usual; a free one raises OOM."""
+        async with client_of_full_server(redis_server_factory) as client:
+            holder = AsyncLock(client, "order:held", fencing=fencing)
+            assert await holder.acquire(blocking=False)
+            await fill_until_refused(client)
+            other = AsyncLock(client, "order:held", fencing=fencing)
+            assert not await other.acquire(blocking=False)
+            started = time.monotonic()
+            assert not await other.acquire(timeout=0.3)
+            assert time.monotonic() - started >= 0.25
+            assert not other.held
+            assert await holder.release()  # a DEL, which a full server takes
+            await fill_until_refused(client)  # full again: the DEL freed a few bytes
+            with pytest.raises(OutOfMemoryError):
+                await other.acquire(blocking=False)
+            assert await client.exists("lock:order:held") == 0
+
     async def test_fencing_and_plain_locks_on_one_name_exclude_each_other(self, redis: Redis):
         """A fencing=False holder refuses a fencing one, and the other way round."""
         plain = AsyncLock(redis, "job", ttl=10, fencing=False, blocking=False)

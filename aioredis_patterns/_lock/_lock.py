@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError
+
 from .._scripts import ScriptBook
 from .._validation import Duration
 from ._base import DEFAULT_CLOCK, DEFAULT_SLEEP, Attempt, Holder
@@ -120,6 +122,19 @@ class AsyncLock(Holder):
         return bool(await self._client.exists(self._key))
 
     async def _try(self, token: str, *, waiting: bool) -> Attempt:
+        try:
+            return await self._try_once(token, waiting=waiting)
+        except OutOfMemoryError:
+            # A full server (maxmemory, noeviction) refuses SET NX before it looks at
+            # the key, so a held lock would answer with this error. Ask whether it is
+            # held (a read, which a full server serves): then the answer is the usual
+            # "not acquired"; a free lock that cannot be written is the error.
+            pttl = await self._book.send_command("PTTL", self._key)
+            if pttl == -2:
+                raise
+            return Attempt(False, hint=pttl / 1000 if pttl >= 0 else None, flagged=False)
+
+    async def _try_once(self, token: str, *, waiting: bool) -> Attempt:
         if not (self._fencing or waiting):
             # the seed's acquire: no script, no counter, and no waiter flag when refused
             reply = await self._book.send_command("SET", self._key, token, "NX", "PX", self._ttl_ms)
