@@ -123,30 +123,35 @@ class AsyncLock(Holder):
 
     async def _try(self, token: str, *, waiting: bool) -> Attempt:
         try:
-            return await self._try_once(token, waiting=waiting)
-        except OutOfMemoryError:
-            # A full server (maxmemory, noeviction) refuses SET NX before it looks at
-            # the key, so a held lock would answer with this error. Ask whether it is
-            # held (a read, which a full server serves): then the answer is the usual
-            # "not acquired"; a free lock that cannot be written is the error.
-            pttl = await self._book.send_command("PTTL", self._key)
-            if pttl == -2:
-                raise
-            return Attempt(False, hint=pttl / 1000 if pttl >= 0 else None, flagged=False)
-
-    async def _try_once(self, token: str, *, waiting: bool) -> Attempt:
-        if not (self._fencing or waiting):
-            # the seed's acquire: no script, no counter, and no waiter flag when refused
-            reply = await self._book.send_command("SET", self._key, token, "NX", "PX", self._ttl_ms)
-            return Attempt(reply is not None, flagged=False)
-        acquired, value = await self._book.run(
-            "lock_acquire",
-            (self._key, self._fence_key, self._waiter_key),
-            (token, self._ttl_ms, WAITER_FLAG_TTL_MS, "1" if self._fencing else "0"),
-        )
+            if not (self._fencing or waiting):
+                # the seed's acquire: no script, no counter, and no waiter flag when refused
+                reply = await self._book.send_command(
+                    "SET", self._key, token, "NX", "PX", self._ttl_ms
+                )
+                return Attempt(reply is not None, flagged=False)
+            acquired, value = await self._book.run(
+                "lock_acquire",
+                (self._key, self._fence_key, self._waiter_key),
+                (token, self._ttl_ms, WAITER_FLAG_TTL_MS, "1" if self._fencing else "0"),
+            )
+        except OutOfMemoryError as refused:
+            return await self._held_on_a_full_server(refused)
         if acquired == 1:
             return Attempt(True, fence=int(value) if self._fencing else None)
         return Attempt(False, hint=value / 1000 if value >= 0 else None)
+
+    async def _held_on_a_full_server(self, refused: OutOfMemoryError) -> Attempt:
+        """The attempt's answer after a full server refused it, or *refused* raised again.
+
+        A full server (maxmemory, noeviction) refuses SET NX before it looks at the
+        key, so a held lock answers with OutOfMemoryError too. A read it serves
+        tells which: a held lock is the usual "not acquired"; a free lock that
+        cannot be written is the error.
+        """
+        pttl = await self._book.send_command("PTTL", self._key)
+        if pttl == -2:
+            raise refused
+        return Attempt(False, hint=pttl / 1000 if pttl >= 0 else None, flagged=False)
 
     async def _extend_token(self, token: str, ttl_ms: int) -> bool:
         return bool(await self._book.run("lock_extend", (self._key,), (token, ttl_ms)))
