@@ -336,7 +336,9 @@ class TestSeedLayout:
         cache = make_cache(namespace="m:", ttl=60)
         await cache.get_or_load("k", Loader(delay=0.05))
         delta = int(await redis.get("{m:k}:meta"))
-        assert 50 <= delta < 2_000
+        # 45, not 50: uvloop's timers tick in whole milliseconds and may end the
+        # loader's 50 ms sleep a millisecond early by time.monotonic(), the cache's clock
+        assert 45 <= delta < 2_000
         assert abs(await redis.pttl("{m:k}:meta") - await redis.pttl("m:k")) < 100
         plain = make_cache(namespace="m0:", ttl=60, early_refresh=0)
         await plain.get_or_load("k", Loader())
