@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,27 @@ def tls_server(
     return server, tls_port, cert
 
 
+async def client_and_pid(server: RedisServer, **options: Any) -> tuple[Redis, int]:
+    """A ``connect()`` client of *server* that never retries, and the server's pid."""
+    client = await connect(server.url, timeout=5.0, retries=0, **options)
+    assert server.pid is not None
+    return client, server.pid
+
+
+@asynccontextmanager
+async def ping_to_a_stopped_server(client: Redis, pid: int) -> AsyncIterator[AbstractConnection]:
+    """A pooled connection that sent PING to the stopped server *pid*; resumed, returned after."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        stop_process(pid)  # so the reply cannot come before the test is ready for it
+        await connection.send_command("PING", check_health=False)
+        yield connection
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await pool.release(connection)
+
+
 class TestReadDeadline:
     """A reply's read, bounded by socket_timeout on the toolkit's alarms (``_fastpath``)."""
 
@@ -348,11 +370,7 @@ class TestReadDeadline:
         self, redis_server: RedisServer
     ) -> None:
         """A read from a stopped server raises TimeoutError after 0.3 s; the next one works."""
-        client = await connect(
-            redis_server.url, timeout=5.0, retries=0, socket_timeout=0.3, max_connections=1
-        )
-        pid = redis_server.pid
-        assert pid is not None
+        client, pid = await client_and_pid(redis_server, socket_timeout=0.3, max_connections=1)
         await client.set("deadline:k", "v")
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -372,17 +390,9 @@ class TestReadDeadline:
         self, redis_server: RedisServer
     ) -> None:
         """A reply and its deadline due at once: the read answers or times out; the pool works."""
-        client = await connect(
-            redis_server.url, timeout=5.0, retries=0, socket_timeout=0.05, max_connections=1
-        )
-        pid = redis_server.pid
-        assert pid is not None
-        pool = client.connection_pool
-        connection = await pool.get_connection()
+        client, pid = await client_and_pid(redis_server, socket_timeout=0.05, max_connections=1)
         outcome: object
-        try:
-            stop_process(pid)  # so the reply cannot come before the loop stalls
-            await connection.send_command("PING", check_health=False)
+        async with ping_to_a_stopped_server(client, pid) as connection:
 
             def resume_and_stall() -> None:
                 # The loop stalls past the deadline while the reply comes in, so the
@@ -395,9 +405,6 @@ class TestReadDeadline:
                 outcome = await connection.read_response()
             except RedisTimeoutError as exc:
                 outcome = exc
-        finally:
-            os.kill(pid, signal.SIGCONT)
-            await pool.release(connection)
         # asyncio runs the reply first, uvloop the deadline: either is an answer
         assert outcome == b"PONG" or isinstance(outcome, RedisTimeoutError)
         # whichever won, the connection went, since its stream holds the deadline's error
@@ -409,30 +416,21 @@ class TestReadDeadline:
         self, redis_server: RedisServer
     ) -> None:
         """A read relaxed from 0.5 s to 5 s mid-way gets its reply 1 s later."""
-        client = await connect(redis_server.url, timeout=5.0, retries=0, socket_timeout=0.5)
-        pid = redis_server.pid
-        assert pid is not None
-        pool = client.connection_pool
-        connection = await pool.get_connection()
+        client, pid = await client_and_pid(redis_server, socket_timeout=0.5)
+        async with ping_to_a_stopped_server(client, pid) as connection:
 
-        async def relax_then_resume() -> None:
-            await anyio.sleep(0.05)
-            # what redis-py's handler of a MIGRATING or FAILING_OVER notice calls
-            connection.update_current_socket_timeout(5.0)
-            await anyio.sleep(0.95)
-            os.kill(pid, signal.SIGCONT)
+            async def relax_then_resume() -> None:
+                await anyio.sleep(0.05)
+                # what redis-py's handler of a MIGRATING or FAILING_OVER notice calls
+                connection.update_current_socket_timeout(5.0)
+                await anyio.sleep(0.95)
+                os.kill(pid, signal.SIGCONT)
 
-        try:
-            os.kill(pid, signal.SIGSTOP)
-            await connection.send_command("PING", check_health=False)
             started = time.monotonic()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(relax_then_resume)
                 reply = await connection.read_response()
             waited = time.monotonic() - started
-        finally:
-            os.kill(pid, signal.SIGCONT)
-            await pool.release(connection)
         assert reply == b"PONG"
         assert waited > 0.9
         assert connection.is_connected
@@ -440,9 +438,7 @@ class TestReadDeadline:
 
     async def test_a_cancelled_read_drops_its_connection(self, redis_server: RedisServer) -> None:
         """A GET cancelled while the server is stopped never hands its reply to the next command."""
-        client = await connect(redis_server.url, timeout=5.0, max_connections=1)
-        pid = redis_server.pid
-        assert pid is not None
+        client, pid = await client_and_pid(redis_server, max_connections=1)
         await client.set("deadline:a", "a")
         await client.set("deadline:b", "b")
         os.kill(pid, signal.SIGSTOP)
