@@ -8,6 +8,9 @@ from typing import Any, TypeAlias
 
 from ._exceptions import InvalidArgument
 
+MAX_SAFE_INT = 2**53 - 1
+"""Largest integer a Lua number (a double) holds exactly; scripts do arithmetic in doubles."""
+
 Duration: TypeAlias = "float | timedelta"
 """A duration: float seconds or a :class:`datetime.timedelta`, everywhere the same way."""
 
@@ -28,20 +31,23 @@ def to_seconds(value: Any, name: str) -> float:
 
 
 def to_milliseconds(value: Any, name: str) -> int:
-    """Return *value* as a whole number of milliseconds, at least 1.
+    """Return *value* as a whole number of milliseconds, from 1 to :data:`MAX_SAFE_INT`.
 
-    Rounds up, so a 0.4 ms duration becomes 1 ms rather than a TTL of 0.
+    Rounds up, so a 0.4 ms duration becomes 1 ms rather than a TTL of 0. The scripts
+    refuse a longer one (a Lua number holds no larger integer exactly), so it is
+    refused here, before anything is sent.
     """
-    return max(1, math.ceil(to_seconds(value, name) * 1000))
+    milliseconds = to_seconds(value, name) * 1000
+    if milliseconds > MAX_SAFE_INT:
+        raise InvalidArgument(
+            f"{name} must be at most {MAX_SAFE_INT} ms (about 285,000 years), got {value!r}"
+        )
+    return max(1, math.ceil(milliseconds))
 
 
 def optional_seconds(value: Any, name: str) -> float | None:
     """Like :func:`to_seconds`, but ``None`` passes through."""
     return None if value is None else to_seconds(value, name)
-
-
-MAX_SAFE_INT = 2**53 - 1
-"""Largest integer a Lua number (a double) holds exactly; scripts do arithmetic in doubles."""
 
 
 def positive_int(value: Any, name: str, *, maximum: int = MAX_SAFE_INT) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -197,6 +198,51 @@ class TestSemantics:
         assert await ops.transfer("points:alice", "points:bob", 40) == (60, 45)
 
 
+class TestLargeNumbers:
+    async def test_refusals_of_large_amounts_carry_exact_figures(self, redis: Redis) -> None:
+        """Amounts of 10**14 and more keep every digit in the typed errors' attributes."""
+        ops = AtomicOps(redis)
+        await redis.set("stock", 10**15 - 1)
+        await redis.set("counter", 10**14)
+        await redis.set("from", 123456789012345)
+        with pytest.raises(InsufficientStock) as stock:
+            await ops.deduct_inventory("stock", 10**15)
+        assert (stock.value.available, stock.value.requested) == (10**15 - 1, 10**15)
+        with pytest.raises(LimitExceeded) as limit:
+            await ops.increment_with_limit("counter", 1, 10**14)
+        assert (limit.value.current, limit.value.limit) == (10**14, 10**14)
+        with pytest.raises(InsufficientBalance) as balance:
+            await ops.transfer("from", "to", 10**15)
+        assert (balance.value.balance, balance.value.requested) == (123456789012345, 10**15)
+
+    async def test_a_retry_with_a_large_result_returns_the_first_result(self, redis: Redis) -> None:
+        """Idempotency records keep every digit, so a retry above 10**14 is recognised."""
+        ops = AtomicOps(redis)
+        await redis.set("stock", 10**15)
+        await redis.set("from", 2 * 10**15)
+        assert await ops.deduct_inventory("stock", 1, idempotency_key="o1") == 10**15 - 1
+        assert await ops.deduct_inventory("stock", 1, idempotency_key="o1") == 10**15 - 1
+        first = await ops.transfer("from", "to", 10**15, idempotency_key="t1")
+        assert first == (10**15, 10**15)
+        assert await ops.transfer("from", "to", 10**15, idempotency_key="t1") == first
+        assert (await redis.get("stock"), await redis.get("to")) == (
+            b"999999999999999",
+            b"1" + b"0" * 15,
+        )
+
+    async def test_a_transfer_past_2_53_is_refused_before_any_write(self, redis: Redis) -> None:
+        """A destination that would pass 2**53 - 1 raises LimitExceeded; neither balance moves."""
+        ops = AtomicOps(redis)
+        await redis.set("from", 10)
+        await redis.set("to", 2**53 - 2)
+        before = await snapshot(redis, "from", "to")
+        with pytest.raises(LimitExceeded) as caught:
+            await ops.transfer("from", "to", 2)
+        assert (caught.value.current, caught.value.limit) == (2**53 - 2, 2**53 - 1)
+        assert await snapshot(redis, "from", "to") == before
+        assert await ops.transfer("from", "to", 1) == (9, 2**53 - 1)
+
+
 class TestIdempotency:
     async def test_retried_deduction_returns_the_first_result_once_applied(
         self, redis: Redis
@@ -273,11 +319,13 @@ class TestBadInput:
             await ops.transfer("acct", "acct", 5)
         assert await redis.get("acct") == b"10"
 
-    @pytest.mark.parametrize("stored", [b"abc", b"1.5", b"1e3", b" 7", b"99999999999999999"])
+    @pytest.mark.parametrize(
+        "stored", [b"abc", b"1.5", b"1e3", b" 7", b"99999999999999999", b"007", b"-0", b"00"]
+    )
     async def test_non_integer_stored_values_raise_not_an_integer(
         self, redis: Redis, stored: bytes
     ) -> None:
-        """A counter holding a non-integer raises NotAnInteger naming the key; nothing changes."""
+        """A counter INCRBY would refuse raises NotAnInteger naming the key; nothing changes."""
         ops = AtomicOps(redis)
         await redis.set("bad", stored)
         await redis.set("good", 10)
@@ -328,6 +376,20 @@ class TestBadInput:
             await ops.deduct_inventory("k", 1, idempotency_key="")
         with pytest.raises(InvalidArgument):
             AtomicOps(redis, idempotency_ttl=math.inf)
+        assert await redis.dbsize() == 0
+
+    @pytest.mark.parametrize("ttl", [1e13, timedelta.max, 1e300], ids=repr)
+    async def test_durations_past_2_53_ms_raise_before_any_round_trip(
+        self, redis: Redis, ttl: Any
+    ) -> None:
+        """A ttl the scripts cannot hold raises InvalidArgument in Python, before sending."""
+        before = (await redis.info("stats"))["total_commands_processed"]
+        with pytest.raises(InvalidArgument, match="at most 9007199254740991 ms"):
+            AtomicOps(redis, idempotency_ttl=ttl)
+        with pytest.raises(InvalidArgument, match="at most 9007199254740991 ms"):
+            await AtomicOps(redis).increment_with_limit("k", 1, 10, ttl=ttl)
+        after = (await redis.info("stats"))["total_commands_processed"]
+        assert after == before + 1  # the first INFO itself
         assert await redis.dbsize() == 0
 
 

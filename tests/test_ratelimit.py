@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from redis.exceptions import OutOfMemoryError
 from aioredis_patterns import (
     AsyncRateLimiter,
     InvalidArgument,
+    NotAnInteger,
     Rate,
     RateLimited,
     RateLimitResult,
     ScriptBook,
+    ScriptError,
 )
 from aioredis_patterns._slots import slot_of
 from aioredis_patterns._tour import ratelimit as tour_ratelimit
@@ -131,6 +134,8 @@ class TestValidation:
             {"limit": 10, "window": math.nan},
             {"limit": 10, "window": math.inf},
             {"limit": 10, "window": "1"},
+            {"limit": 10, "window": 1e13},
+            {"limit": 10, "window": timedelta.max},
             {"limit": 10},
             {"window": 1.0},
             {"limit": 10, "window": 1.0, "burst": 5},
@@ -388,6 +393,84 @@ class TestGcra:
         limiter = AsyncRateLimiter(redis, limit=7, window=60.0, algorithm="gcra")
         outcomes = [(await limiter.allow("k")).allowed for _ in range(9)]
         assert outcomes == [True] * 7 + [False] * 2
+
+    @pytest.mark.parametrize(
+        ("limit", "room", "cost"), [(10**9, 150_000, 1500), (10**6, 1000, 1), (10**7, 1000, 10)]
+    )
+    async def test_intervals_of_a_microsecond_or_less_admit_exactly_the_burst(
+        self, redis: Redis, limit: int, room: int, cost: int
+    ) -> None:
+        """Emission intervals of 1 µs down to 1 ns are not rounded away: burst, then the rate."""
+        # A TAT 2 s ahead keeps the key alive while the fake clock stands still (its PX
+        # runs on the server's clock); then there is room for `room` more units.
+        clock = FakeClock()
+        limiter = AsyncRateLimiter(
+            redis,
+            limit=limit,
+            window=1.0,
+            algorithm="gcra",
+            burst=2 * limit + room,
+            clock="client",
+            client_time=clock,
+        )
+
+        async def admitted(most: int) -> int:
+            count = 0
+            while (await limiter.allow("k", cost=cost)).allowed:
+                count += 1
+                assert count <= most
+            return count
+
+        assert (await limiter.allow("k", cost=2 * limit)).allowed
+        assert await admitted(room // cost) == room // cost
+        clock.advance(1)  # one ms refills limit / 1000 units
+        assert await admitted(limit // 1000 // cost) == limit // 1000 // cost
+
+
+class TestUnreadableState:
+    @pytest.mark.parametrize("stored", ["inf", "1e400", "0x10", "-5", "1e12", "abc"])
+    async def test_a_gcra_key_without_a_plain_time_raises_bad_state(
+        self, redis: Redis, stored: str
+    ) -> None:
+        """A GCRA key holding anything but a decimal Unix time in ms is refused, unchanged."""
+        limiter = AsyncRateLimiter(redis, limit=10, window=1.0, algorithm="gcra")
+        (key,) = limiter.keys("k")
+        await redis.set(key, stored)
+        for call in (limiter.allow, limiter.peek):
+            with pytest.raises(ScriptError, match="BAD_STATE"):
+                await call("k")
+        assert await redis.get(key) == stored.encode()
+
+    @pytest.mark.parametrize("field", ["w", "c", "p"])
+    @pytest.mark.parametrize("stored", ["-inf", "nan", "1.5", "-1", "07"])
+    async def test_a_sliding_window_hash_without_counts_raises_bad_state(
+        self, redis: Redis, field: str, stored: str
+    ) -> None:
+        """Window index and counts must be plain non-negative integers, else BAD_STATE."""
+        limiter = AsyncRateLimiter(redis, limit=10, window=1.0, algorithm="sliding_window")
+        (key,) = limiter.keys("k")
+        state = {"w": "1", "c": "2", "p": "3"} | {field: stored}
+        await redis.hset(key, mapping=state)
+        before = await dump_all(redis, [key])
+        for call in (limiter.allow, limiter.peek):
+            with pytest.raises(ScriptError, match="BAD_STATE"):
+                await call("k")
+        assert await dump_all(redis, [key]) == before
+
+    @pytest.mark.parametrize("stored", ["03", "-0", "1.0", "abc"])
+    async def test_a_fixed_window_counter_incrby_refuses_counts_for_no_limit(
+        self, redis: Redis, stored: str
+    ) -> None:
+        """A corrupt second counter raises NotAnInteger before the first limit is counted."""
+        limiter = AsyncRateLimiter(
+            redis, limits=[Rate(5, 10.0), Rate(50, 60.0)], algorithm="fixed_window"
+        )
+        first, second = limiter.keys("k")
+        await redis.set(second, stored)
+        with pytest.raises(NotAnInteger):
+            await limiter.allow("k")
+        assert await redis.exists(first) == 0
+        assert await redis.get(second) == stored.encode()
 
 
 class TestFixedWindow:

@@ -12,14 +12,24 @@ local function arg_int(i, name, min)
   return n
 end
 
--- The string v as an integer, or nil for anything but a plain decimal integer that a
--- Lua double holds exactly (below 2^53 in size).
+-- The string v as an integer, or nil unless INCRBY would read it as the same integer
+-- and a Lua double holds it exactly: decimal digits with an optional '-', no '+', no
+-- spaces, no leading zero and no '-0' (Redis refuses '007' and '-0'), below 2^53 in size.
 local function as_int(v)
-  local digits = string.match(v, '^%-?(%d+)$')
+  if v == '0' then
+    return 0
+  end
+  local digits = string.match(v, '^%-?([1-9]%d*)$')
   if digits == nil or #digits > 16 or tonumber(digits) >= 9007199254740992 then
     return nil
   end
   return tonumber(v)
+end
+
+-- The integer n as decimal text. Lua's own tostring and '..' keep 14 significant digits
+-- and write 10^14 as '1e+14', which neither INCRBY nor the client reads as an integer.
+local function int_str(n)
+  return string.format('%d', n)
 end
 
 -- The integer stored at key and whether the key exists; a missing key is 0.

@@ -9,8 +9,8 @@ local function sw_read(key, now, lim)
   local index = math.floor(now / lim.window)
   local s = {index = index, cur = 0, prev = 0}
   if h[1] then
-    local stored, c, p = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
-    if stored == nil or c == nil or p == nil then
+    local stored, c, p = as_int(h[1]), h[2] and as_int(h[2]), h[3] and as_int(h[3])
+    if not (stored and c and p) or stored < 0 or c < 0 or p < 0 then
       error(redis.error_reply('BAD_STATE ' .. key .. ' is not a sliding_window hash'))
     end
     if stored >= index then

@@ -19,10 +19,10 @@ if record then
 end
 local stock = stored_int(KEYS[1])
 if stock < quantity then
-  return redis.error_reply('INSUFFICIENT_STOCK ' .. stock .. ' ' .. quantity)
+  return redis.error_reply('INSUFFICIENT_STOCK ' .. int_str(stock) .. ' ' .. int_str(quantity))
 end
 local left = redis.call('DECRBY', KEYS[1], quantity)
 if record then
-  redis.call('SET', record, ARGV[1] .. ':' .. left, 'PX', record_ttl)
+  redis.call('SET', record, ARGV[1] .. ':' .. int_str(left), 'PX', record_ttl)
 end
 return left

@@ -10,7 +10,7 @@ local limit = arg_int(2, 'limit', 1)
 local ttl = arg_int(3, 'ttl', 0)
 local current, existed = stored_int(KEYS[1])
 if current + amount > limit then
-  return redis.error_reply('LIMIT_EXCEEDED ' .. current .. ' ' .. limit)
+  return redis.error_reply('LIMIT_EXCEEDED ' .. int_str(current) .. ' ' .. int_str(limit))
 end
 local new = redis.call('INCRBY', KEYS[1], amount)
 if ttl > 0 and not existed then

@@ -12,14 +12,14 @@
 -- #include _rl_gcra
 local cost = arg_int(2, 'cost', 1)
 local limits = rl_limits(3, 3, false)
-local now = rl_now(false)
+local now_w, now_f, now = gcra_now()
 
 local states, allowed = {}, true
 for i, lim in ipairs(limits) do
-  local s = gcra_read(KEYS[i], now, lim)
-  if not gcra_fits(s, now, cost) then
+  local s = gcra_read(KEYS[i], now_w, now_f, lim)
+  if not gcra_fits(s, cost) then
     allowed = false
   end
-  states[i] = gcra_state(s, now, cost, false)
+  states[i] = gcra_state(s, cost, false)
 end
 return rl_reply(allowed, states, now)
