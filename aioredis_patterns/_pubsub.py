@@ -59,7 +59,9 @@ class Gap:
     """Messages published between :attr:`since` and :attr:`until` may have been missed.
 
     Emitted once per reconnection that restored subscriptions, after every channel,
-    pattern and shard channel is subscribed again. Times are wall-clock
+    pattern and shard channel is subscribed again (or, refused by Redis, dropped).
+    In the ``async for`` stream it is a marker: it takes no message's place in the
+    queue and no overflow policy drops it. Times are wall-clock
     ``time.time()`` seconds, so they can be compared with timestamps in a database
     to replay what was missed.
 
@@ -144,7 +146,9 @@ class _Command:
 
     reply: bytes
     remaining: int
-    resubscribe: bool = False
+    resubscribe: Kind | None = None
+    """The kind this command subscribes again after a reconnect, with :attr:`names`."""
+    names: tuple[bytes, ...] = ()
     done: anyio.Event = field(default_factory=anyio.Event)
     error: Exception | None = None
     lost: bool = False
@@ -159,10 +163,6 @@ class _Delivery:
     pattern: bytes | None
     data: bytes
     handler: MessageHandler | None
-
-
-def _is_message(item: object) -> bool:
-    return not isinstance(item, Gap)
 
 
 class _Move(Exception):
@@ -297,6 +297,9 @@ class AsyncPubSub(ConsumerRuntime):
         self._up = False  # connected, and subscription commands may be sent
         self._ready = False  # ... and every subscription is confirmed
         self._ready_event: anyio.Event | None = None
+        # What resubscribing refused (and dropped) until the consumer is ready again;
+        # replaced with _ready_event, for the subscribe() calls that wait on it.
+        self._refused: dict[tuple[Kind, bytes], ResponseError] = {}
         self._resubscribes_left = 0
         self._session_scope: anyio.CancelScope | None = None
         self._broken: BaseException | None = None
@@ -320,7 +323,7 @@ class AsyncPubSub(ConsumerRuntime):
     @property
     def stats(self) -> PubSubStats:
         """A snapshot of the counters (see :class:`PubSubStats`)."""
-        queued = len(self._handler_queue) + self._stream_queue.count(_is_message)
+        queued = len(self._handler_queue) + len(self._stream_queue)
         return PubSubStats(
             received=self._received,
             delivered=self._delivered,
@@ -521,7 +524,15 @@ class AsyncPubSub(ConsumerRuntime):
         if subscribe:
             # The connection is down or dropped before confirming: the reconnect
             # subscribes to everything again, and that is the confirmation.
-            await self._wait_ready()
+            refused = await self._wait_ready()
+            lost = [name for name in raw if (kind, name) in refused and name not in subscriptions]
+            if lost:
+                error = refused[(kind, lost[0])]
+                listing = ", ".join(repr(self._text(name)) for name in lost)
+                raise PubSubError(
+                    f"{spec.subscribe} refused by Redis on the new connection: {error}"
+                    f" (not subscribed: {listing})"
+                ) from error
 
     def _check_shard_slot(self, raw: list[bytes]) -> int | None:
         """On a cluster: the slot all shard channels share, or :class:`CrossSlotKeys`."""
@@ -569,12 +580,18 @@ class AsyncPubSub(ConsumerRuntime):
         if scope.cancelled_caught:
             raise RedisConnectionError(f"writing {args[0]} took over {self._write_timeout:g} s")
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self) -> dict[tuple[Kind, bytes], ResponseError]:
+        """Wait until every subscription is confirmed; returns what was refused meanwhile."""
+        refused: dict[tuple[Kind, bytes], ResponseError] = {}
         while not self._ready:
             if self._state != "running":
                 raise PubSubError("the AsyncPubSub closed before the subscription was confirmed")
             assert self._ready_event is not None
-            await self._ready_event.wait()
+            event, period = self._ready_event, self._refused
+            await event.wait()
+            refused.update(period)
+        refused.update(self._refused)
+        return refused
 
     def _break(self, exc: BaseException) -> None:
         """Make the reader give up this connection and reconnect (a write failed, or a
@@ -589,6 +606,7 @@ class AsyncPubSub(ConsumerRuntime):
         if self._ready:
             self._ready = False
             self._ready_event = anyio.Event()
+            self._refused = {}
 
     # -- the reader ----------------------------------------------------------
 
@@ -640,10 +658,12 @@ class AsyncPubSub(ConsumerRuntime):
                 for kind, spec in _KINDS.items():
                     names = list(self._subscriptions[kind])
                     if names:
+                        # One command per kind: a refusal is rare and sorted out then.
                         command = await self._send_locked(spec.subscribe, spec.subscribed, names)
                         if command is None:
                             break
-                        command.resubscribe = True
+                        command.resubscribe = kind
+                        command.names = tuple(names)
                         self._resubscribes_left += 1
             if self._resubscribes_left == 0 and self._broken is None:
                 self._on_ready()
@@ -688,7 +708,7 @@ class AsyncPubSub(ConsumerRuntime):
                 )
             except ResponseError as exc:
                 idle = 0
-                self._on_error_reply(exc)
+                await self._on_error_reply(exc)
                 continue
             except RedisError as exc:
                 if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
@@ -760,7 +780,7 @@ class AsyncPubSub(ConsumerRuntime):
             return
         self._break(RedisConnectionError(f"Redis unsubscribed shard channel {text!r}: slot moved"))
 
-    def _on_error_reply(self, exc: ResponseError) -> None:
+    async def _on_error_reply(self, exc: ResponseError) -> None:
         if self._nodes is not None and isinstance(exc, AskError):
             # MOVED (or ASK): the slot map is stale; the reconnect reads it again
             # and subscribes on the node that serves the slot now.
@@ -772,13 +792,57 @@ class AsyncPubSub(ConsumerRuntime):
             return
         head = self._commands.popleft()
         head.error = exc
-        if head.resubscribe:
-            logger.error("AsyncPubSub could not subscribe again: %s", exc)
+        if head.resubscribe is not None:
+            await self._on_refused_resubscribe(head, exc)
         self._finish(head)
+
+    async def _on_refused_resubscribe(self, command: _Command, exc: ResponseError) -> None:
+        """Redis refused to subscribe again, say after an ACL change while disconnected.
+
+        One refused name fails a whole command, and the error does not say which, so a
+        command of several names is sent again one name at a time: the permitted ones
+        are restored, and each refused one is dropped from the subscriptions, logged
+        and reported to a :meth:`subscribe` call that waits for the reconnect. The
+        consumer is ready once every retry is answered.
+        """
+        kind = command.resubscribe
+        assert kind is not None
+        subscriptions = self._subscriptions[kind]
+        spec = _KINDS[kind]
+        if len(command.names) == 1:
+            name = command.names[0]
+            if name not in subscriptions:
+                return  # unsubscribed meanwhile: nothing lost
+            del subscriptions[name]
+            self._refused[(kind, name)] = exc
+            logger.error(
+                "AsyncPubSub could not %s %r again, so it is no longer subscribed: %s",
+                spec.subscribe,
+                self._text(name),
+                exc,
+            )
+            return
+        logger.warning(
+            "AsyncPubSub: %s of %d names refused after a reconnect (%s); trying each alone",
+            spec.subscribe,
+            len(command.names),
+            exc,
+        )
+        assert self._write_lock is not None
+        async with self._write_lock:
+            for name in command.names:
+                if name not in subscriptions:
+                    continue  # unsubscribed meanwhile
+                retry = await self._send_locked(spec.subscribe, spec.subscribed, [name])
+                if retry is None or self._broken is not None:
+                    return  # the connection is gone: the next session subscribes again
+                retry.resubscribe = kind
+                retry.names = (name,)
+                self._resubscribes_left += 1
 
     def _finish(self, command: _Command) -> None:
         command.done.set()
-        if command.resubscribe:
+        if command.resubscribe is not None:
             self._resubscribes_left -= 1
             if self._resubscribes_left == 0:
                 self._on_ready()
@@ -821,7 +885,8 @@ class AsyncPubSub(ConsumerRuntime):
         if self._iterated or any(
             handler is None for subs in self._subscriptions.values() for handler in subs.values()
         ):
-            self._stream_queue.put_unbounded(gap)
+            # A marker: it takes no message's slot and no overflow policy drops it.
+            self._stream_queue.put_marker(gap)
         on_gap = self._on_gap
         if on_gap is not None:
 
@@ -926,7 +991,7 @@ class AsyncPubSub(ConsumerRuntime):
 
     def _abandon(self) -> None:
         self._handler_queue.discard_all()
-        self._stream_queue.discard_all(counted=_is_message)
+        self._stream_queue.discard_all()
 
     async def _release(self) -> None:
         conn, self._conn = self._conn, None

@@ -36,13 +36,18 @@ class BoundedQueue(Generic[T]):
     :attr:`dropped`: pushed out by ``drop_oldest``, refused by ``drop_newest`` or
     ``error``, offered after :meth:`close`, or thrown away by :meth:`discard_all`.
     Items remember when they arrived, for the lag figure.
+
+    Markers (:meth:`put_marker`) travel in the same order but are not items in
+    that sense: they take no slot, are never dropped and are not counted.
     """
 
     def __init__(self, maxsize: int, overflow: Overflow) -> None:
         self.maxsize = maxsize
         self.overflow = overflow
         self.dropped = 0
-        self._items: deque[tuple[float, T]] = deque()
+        # (arrived, item, is_marker); _size counts the items that are not markers
+        self._items: deque[tuple[float, T, bool]] = deque()
+        self._size = 0
         self._closed = False
         self._getters = 0
         self._putters = 0
@@ -50,17 +55,19 @@ class BoundedQueue(Generic[T]):
         self._writable: anyio.Event | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Items waiting, markers not included."""
+        return self._size
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def oldest_age(self) -> float:
-        """Seconds the oldest waiting item has waited (0.0 when empty)."""
-        if not self._items:
-            return 0.0
-        return max(0.0, time.monotonic() - self._items[0][0])
+        """Seconds the oldest waiting item (not marker) has waited (0.0 when none waits)."""
+        for arrived, _, marker in self._items:
+            if not marker:
+                return max(0.0, time.monotonic() - arrived)
+        return 0.0
 
     def _wake_getters(self) -> None:
         # Events are only created when someone waits: a put into a queue that
@@ -88,14 +95,13 @@ class BoundedQueue(Generic[T]):
         if self._closed:
             self.dropped += 1
             return False
-        if len(self._items) >= self.maxsize:
+        if self._size >= self.maxsize:
             policy = self.overflow
             if policy == "drop_newest":
                 self.dropped += 1
                 return False
             if policy == "drop_oldest":
-                self._items.popleft()
-                self.dropped += 1
+                self._drop_oldest()
             elif policy == "error":
                 self.dropped += 1
                 raise QueueOverflow(
@@ -110,13 +116,30 @@ class BoundedQueue(Generic[T]):
                 if not room:
                     self.dropped += 1
                     return False
-        self._items.append((time.monotonic(), item))
+        self._items.append((time.monotonic(), item, False))
+        self._size += 1
         self._wake_getters()
         return True
 
-    def put_unbounded(self, item: T) -> None:
-        """Queue *item* past the limit; for rare control markers that must not be lost."""
-        self._items.append((time.monotonic(), item))
+    def _drop_oldest(self) -> None:
+        """Drop the oldest item; markers ahead of it keep their place."""
+        items = self._items
+        if not items[0][2]:
+            items.popleft()
+        else:
+            # Markers are rare: only the few at the head are stepped over.
+            index = next(i for i, (_, _, marker) in enumerate(items) if not marker)
+            del items[index]
+        self._size -= 1
+        self.dropped += 1
+
+    def put_marker(self, marker: T) -> None:
+        """Queue a control *marker* in order with the items, past the limit.
+
+        It takes no item's slot, no overflow policy drops it, and neither ``len()``
+        nor :attr:`dropped` counts it.
+        """
+        self._items.append((time.monotonic(), marker, True))
         self._wake_getters()
 
     async def _wait_writable(self) -> None:
@@ -131,7 +154,7 @@ class BoundedQueue(Generic[T]):
 
     async def _wait_for_room(self, overfill: Callable[[], bool] | None = None) -> bool:
         """Wait until one more item fits (or may overfill); False if closed instead."""
-        while len(self._items) >= self.maxsize and not self._closed:
+        while self._size >= self.maxsize and not self._closed:
             if overfill is not None and overfill():
                 break
             await self._wait_writable()
@@ -144,7 +167,7 @@ class BoundedQueue(Generic[T]):
     async def wait_for_space(self) -> int:
         """Wait until at least one item fits (or the queue is closed); return the free room."""
         await self._wait_for_room()
-        return max(0, self.maxsize - len(self._items))
+        return max(0, self.maxsize - self._size)
 
     async def get(self) -> T:
         """The oldest item, waiting for one.
@@ -163,8 +186,10 @@ class BoundedQueue(Generic[T]):
                 await event.wait()
             finally:
                 self._getters -= 1
-        _, item = self._items.popleft()
-        self._wake_putters()
+        _, item, marker = self._items.popleft()
+        if not marker:
+            self._size -= 1
+            self._wake_putters()
         return item
 
     def close(self) -> None:
@@ -173,19 +198,11 @@ class BoundedQueue(Generic[T]):
         self._wake_getters()
         self._wake_putters()
 
-    def count(self, predicate: Callable[[T], bool]) -> int:
-        """How many waiting items satisfy *predicate*."""
-        return sum(1 for _, item in self._items if predicate(item))
-
-    def discard_all(self, *, counted: Callable[[T], bool] | None = None) -> int:
-        """Throw away every waiting item; returns how many were counted as dropped.
-
-        Args:
-            counted: which items count as dropped messages (default: all); control
-                markers that are not messages should not.
-        """
-        count = len(self._items) if counted is None else self.count(counted)
+    def discard_all(self) -> int:
+        """Throw away every waiting item and marker; returns the items counted as dropped."""
+        count = self._size
         self._items.clear()
+        self._size = 0
         self.dropped += count
         self._wake_putters()
         return count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -495,6 +496,61 @@ class TestBackpressure:
                 await anyio.sleep(5)
         assert in_use(client) == 0
 
+    async def test_drop_oldest_never_drops_a_gap_marker_nor_counts_it(
+        self, redis_server: RedisServer
+    ) -> None:
+        """drop_oldest drops the messages around a Gap marker, keeps it in order, counts exactly."""
+        client = await aioredis_patterns.connect(redis_server.url, load_scripts=False)
+        channel = name()
+        gaps: list[Gap] = []
+        try:
+            async with AsyncPubSub(
+                client, queue_size=2, overflow="drop_oldest", on_gap=gaps.append
+            ) as ps:
+                await ps.subscribe(channel)  # no handler: nothing is read until async for
+                for i in range(2):
+                    await ps.publish(channel, f"m{i}")
+                await eventually(lambda: ps.stats.received == 2)
+                await anyio.to_thread.run_sync(redis_server.restart)
+                await eventually(lambda: ps.connected and len(gaps) == 1)
+                for i in range(2, 5):
+                    await ps.publish(channel, f"m{i}")
+                await eventually(lambda: ps.stats.received == 5)
+                queued = ps.stats
+                with anyio.fail_after(5):
+                    items = [await ps.__anext__() for _ in range(3)]
+                drained = ps.stats
+        finally:
+            await client.aclose()
+        assert (queued.received, queued.dropped, queued.queued) == (5, 3, 2)
+        assert items == [gaps[0], Message(channel, b"m3"), Message(channel, b"m4")]
+        assert (drained.delivered, drained.dropped, drained.queued) == (2, 3, 0)
+
+    async def test_a_gap_marker_takes_no_message_slot_under_overflow_error(
+        self, redis_server: RedisServer
+    ) -> None:
+        """overflow='error', queue_size=2: two messages and a Gap marker fit, nothing fails."""
+        client = await aioredis_patterns.connect(redis_server.url, load_scripts=False)
+        channel = name()
+        gaps: list[Gap] = []
+        try:
+            async with AsyncPubSub(
+                client, queue_size=2, overflow="error", on_gap=gaps.append
+            ) as ps:
+                await ps.subscribe(channel)
+                await ps.publish(channel, "before")
+                await eventually(lambda: ps.stats.received == 1)
+                await anyio.to_thread.run_sync(redis_server.restart)
+                await eventually(lambda: ps.connected and len(gaps) == 1)
+                await ps.publish(channel, "after")
+                await eventually(lambda: ps.stats.received == 2)
+                assert ps.stats.queued == 2
+                with anyio.fail_after(5):
+                    items = [await ps.__anext__() for _ in range(3)]
+        finally:
+            await client.aclose()
+        assert items == [Message(channel, b"before"), gaps[0], Message(channel, b"after")]
+
     async def test_a_drop_policy_drains_the_socket_so_redis_never_cuts_the_client_off(
         self, redis_server: RedisServer
     ) -> None:
@@ -665,6 +721,94 @@ class TestReconnect:
         # the reconnect waited through the injected sleep, as the backoff said
         assert waits
         assert set(waits) == {0.2}
+
+    async def test_a_refused_resubscribe_restores_the_permitted_channels(
+        self, client: Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An ACL revoking one channel: the others are subscribed again, the revoked one dropped."""
+        revoked, kept = name(), name()
+        got: list[str] = []
+        gaps: list[Gap] = []
+
+        async def handler(message: Message) -> None:
+            got.append(message.channel)
+
+        user = f"limited-{uuid.uuid4().hex[:6]}"
+        await client.execute_command(
+            "ACL", "SETUSER", user, "on", "nopass", "+@all", "~*", "resetchannels"
+        )
+        await client.execute_command("ACL", "SETUSER", user, "&" + revoked, "&" + kept)
+        limited = await aioredis_patterns.connect(
+            redis_url.replace("redis://", f"redis://{user}@"), load_scripts=False
+        )
+        try:
+            with caplog.at_level(logging.ERROR, logger="aioredis_patterns.pubsub"):
+                async with AsyncPubSub(limited, on_gap=gaps.append) as ps:
+                    await ps.subscribe(revoked, kept, handler=handler)
+                    # Redis disconnects a client whose subscriptions an ACL change revokes.
+                    await client.execute_command(
+                        "ACL", "SETUSER", user, "resetchannels", "&" + kept
+                    )
+                    await eventually(lambda: ps.connected and len(gaps) == 1)
+                    assert ps.channels == {kept}
+                    assert await client.pubsub_numsub(revoked, kept) == [
+                        (revoked.encode(), 0),
+                        (kept.encode(), 1),
+                    ]
+                    assert await client.publish(kept, "after") == 1
+                    await eventually(lambda: got == [kept])
+                    assert ps.stats.reconnects == 1
+        finally:
+            await limited.aclose()
+            await client.execute_command("ACL", "DELUSER", user)
+        assert f"SUBSCRIBE {revoked!r} again" in caplog.text
+
+    async def test_a_subscribe_waiting_for_the_reconnect_raises_when_refused(
+        self, client: Redis, redis_url: str
+    ) -> None:
+        """subscribe() in an outage raises PubSubError when Redis refuses it on the reconnect."""
+        revoked, kept, extra = name(), name(), name()
+        gate = anyio.Event()
+        errors: list[PubSubError] = []
+
+        async def sleep(seconds: float) -> None:
+            await gate.wait()  # the reconnect waits until the test is ready for it
+
+        async def subscribe_extra() -> None:
+            try:
+                await ps.subscribe(extra)
+            except PubSubError as exc:
+                errors.append(exc)
+
+        user = f"limited-{uuid.uuid4().hex[:6]}"
+        await client.execute_command(
+            "ACL", "SETUSER", user, "on", "nopass", "+@all", "~*", "resetchannels"
+        )
+        await client.execute_command("ACL", "SETUSER", user, "&" + revoked, "&" + kept)
+        limited = await aioredis_patterns.connect(
+            redis_url.replace("redis://", f"redis://{user}@"), load_scripts=False
+        )
+        try:
+            async with AsyncPubSub(limited, sleep=sleep) as ps:
+                await ps.subscribe(revoked, kept)
+                await client.execute_command("ACL", "SETUSER", user, "resetchannels", "&" + kept)
+                await eventually(lambda: not ps.connected)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(subscribe_extra)
+                    await eventually(lambda: extra in ps.channels)  # waiting for the reconnect
+                    gate.set()
+                assert ps.connected
+                assert ps.channels == {kept}
+                assert await client.pubsub_numsub(kept, extra) == [
+                    (kept.encode(), 1),
+                    (extra.encode(), 0),
+                ]
+        finally:
+            await limited.aclose()
+            await client.execute_command("ACL", "DELUSER", user)
+        assert len(errors) == 1
+        assert "no permissions" in str(errors[0])
+        assert repr(extra) in str(errors[0])
 
     def test_backoff_grows_exponentially_with_jitter_and_caps(self) -> None:
         """Delays double from `initial` up to `maximum`, shortened by at most `jitter`."""
