@@ -203,6 +203,37 @@ class TestAcquireRelease:
                 pytest.fail("the body must not run")
         assert 0.29 <= time.monotonic() - started < 1.5
 
+    async def test_the_timeout_bounds_an_attempt_that_gets_no_answer(
+        self, redis_server: RedisServer
+    ):
+        """acquire(timeout=0.5) on a silent server is False within 0.5 s plus the 1 s give-back."""
+        with FaultProxy(redis_server.port) as proxy:
+            direct = Redis.from_url(redis_server.url)
+            client = Redis.from_url(proxy.url)  # no socket timeout: only the lock bounds it
+            holder = AsyncLock(direct, "job", ttl=30)
+            waiter = AsyncLock(client, "job", ttl=30, timeout=0.5)
+            try:
+                assert await holder.acquire()
+                await client.ping()
+                proxy.blackhole()
+                with anyio.fail_after(10):
+                    started = time.monotonic()
+                    assert await waiter.acquire() is False
+                    took = time.monotonic() - started
+                    started = time.monotonic()
+                    with pytest.raises(LockNotAcquired):
+                        async with waiter:
+                            pytest.fail("the body must not run")
+                    took_with = time.monotonic() - started
+                assert not waiter.held
+                assert await holder.owned()
+            finally:
+                await client.aclose(close_connection_pool=True)
+                await direct.aclose()
+        print(f"\nacquire(timeout=0.5) against a silent server: {took:.2f} s, {took_with:.2f} s")
+        assert 0.45 < took < 0.5 + 1.0 + 0.5
+        assert 0.45 < took_with < 0.5 + 1.0 + 0.5
+
     async def test_release_reports_whether_this_owner_still_held_the_lock(self, redis: Redis):
         """release() is True while held; False once the key was taken, which it leaves alone."""
         lock = AsyncLock(redis, "job", ttl=10)
@@ -691,6 +722,33 @@ class TestWatchdog:
             await anyio.sleep(0.6)  # twice the shortened lease
             assert await lock.owned()
         assert lock.stats.losses == 0
+
+    async def test_a_release_inside_the_block_stops_its_watchdog(self, redis: Redis):
+        """release() after the watchdog started ends its extends: the body runs on, no LockLost."""
+        lock = AsyncLock(redis, "job", ttl=0.6)
+        async with lock:
+            await anyio.sleep(0.3)  # the watchdog started at ttl/3 = 0.2 s
+            assert await lock.release() is True
+            extensions = lock.stats.extensions
+            await anyio.sleep(0.8)  # past the released lease's end
+        assert lock.stats.losses == 0
+        assert lock.stats.extensions == extensions
+        assert await redis.exists(lock.key) == 0
+
+    async def test_an_acquire_after_a_release_inside_the_block_is_watched(self, redis: Redis):
+        """release() then acquire() in one block: the new lease is extended, no LockLost."""
+        lock = AsyncLock(redis, "job", ttl=0.6)
+        async with lock:
+            await anyio.sleep(0.3)  # the watchdog started at ttl/3 = 0.2 s
+            first = lock.fencing_token
+            assert await lock.release() is True
+            assert await lock.acquire()
+            await anyio.sleep(1.0)  # past the new lease's first ttl
+            assert await lock.owned()
+            assert lock.fencing_token > first
+        assert lock.stats.losses == 0
+        assert lock.stats.extensions >= 3
+        assert await redis.exists(lock.key) == 0  # leaving the block released the new lease
 
     async def test_a_body_that_finishes_after_losing_the_lock_still_gets_lock_lost(
         self, redis: Redis

@@ -14,8 +14,14 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from aioredis_patterns import AsyncRedlock, InvalidArgument, LockLost, LockNotAcquired
-from aioredis_patterns.testing import RedisServer
+from aioredis_patterns import (
+    AsyncRedlock,
+    InvalidArgument,
+    LockLost,
+    LockNotAcquired,
+    NotAnInteger,
+)
+from aioredis_patterns.testing import FaultProxy, RedisServer
 
 CANCELLED = asyncio.CancelledError  # the tests run on asyncio (pytest-asyncio)
 
@@ -112,6 +118,48 @@ class TestQuorum:
         assert await nodes.clients[0].exists("lock:job") == 0
         assert not lock.held
 
+    async def test_a_silent_node_does_not_fail_the_release_of_a_block(self, nodes: Cluster):
+        """ttl 30 s (node_timeout 1 s), one node silent: the block exits cleanly, released."""
+        with FaultProxy(nodes.servers[2].port) as proxy:
+            silent = Redis.from_url(proxy.url)
+            try:
+                await silent.ping()
+                lock = AsyncRedlock([*nodes.clients[:2], silent], "job", ttl=30)
+                proxy.blackhole()
+                with anyio.fail_after(10):
+                    async with lock:
+                        left_at = time.monotonic()
+                took = time.monotonic() - left_at
+            finally:
+                await silent.aclose(close_connection_pool=True)
+        print(f"\nredlock block exit with one node silent: {took * 1000:.0f} ms")
+        assert not lock.held
+        assert lock.stats.losses == 0
+        assert (await nodes.values("lock:job"))[:2] == [None, None]
+        assert took < 1.0  # within the release's own bound
+
+    async def test_the_timeout_bounds_attempts_when_a_node_is_silent(self, nodes: Cluster):
+        """acquire(timeout=0.3), one node silent, node_timeout 2 s: False within 0.3 s + 1 s."""
+        holder = AsyncRedlock(nodes.clients, "job", ttl=30)
+        assert await holder.acquire()
+        with FaultProxy(nodes.servers[2].port) as proxy:
+            silent = Redis.from_url(proxy.url)
+            try:
+                await silent.ping()
+                waiter = AsyncRedlock(
+                    [*nodes.clients[:2], silent], "job", ttl=30, timeout=0.3, node_timeout=2.0
+                )
+                proxy.blackhole()
+                with anyio.fail_after(10):
+                    started = time.monotonic()
+                    assert await waiter.acquire() is False
+                    took = time.monotonic() - started
+            finally:
+                await silent.aclose(close_connection_pool=True)
+        print(f"\nredlock acquire(timeout=0.3) with one node silent: {took * 1000:.0f} ms")
+        assert 0.25 < took < 0.3 + 1.0 + 0.5
+        assert await holder.owned()
+
     async def test_a_failed_acquire_releases_every_node(self, nodes: Cluster):
         """Winning one node of three is no quorum: that node is released, the others untouched."""
         for client in nodes.clients[1:]:
@@ -154,6 +202,39 @@ class TestFencing:
         nodes.servers[0].kill()  # the node that was ahead is gone
         async with lock:
             assert lock.fencing_token == ahead + 2
+
+
+class TestScriptErrors:
+    async def test_a_counter_corrupt_on_every_node_raises_not_an_integer(self, nodes: Cluster):
+        """A fence counter corrupt everywhere: NotAnInteger at once, as AsyncLock; no key left."""
+        for client in nodes.clients:
+            await client.set("{lock:job}:fence", "junk")
+        lock = AsyncRedlock(nodes.clients, "job", ttl=5)
+        with anyio.fail_after(5):
+            started = time.monotonic()
+            with pytest.raises(NotAnInteger):
+                await lock.acquire(timeout=3)
+            assert time.monotonic() - started < 1.0
+            with pytest.raises(NotAnInteger):
+                async with lock:  # no timeout: it must not wait for a quorum forever
+                    pytest.fail("the body must not run")
+        assert not lock.held
+        assert await nodes.values("lock:job") == [None, None, None]
+
+    async def test_a_counter_corrupt_on_a_minority_is_outvoted_on_a_majority_raises(
+        self, nodes: Cluster
+    ):
+        """Corrupt on one node of three: acquired on the other two; on two nodes: NotAnInteger."""
+        await nodes.clients[0].set("{lock:job}:fence", "junk")
+        lock = AsyncRedlock(nodes.clients, "job", ttl=5)
+        async with lock:
+            values = await nodes.values("lock:job")
+            assert values[0] is None
+            assert values[1] == values[2] is not None
+        await nodes.clients[1].set("{lock:job}:fence", "junk")
+        with anyio.fail_after(5), pytest.raises(NotAnInteger):
+            await lock.acquire(timeout=3)
+        assert await nodes.values("lock:job") == [None, None, None]
 
 
 class TestWatchdog:

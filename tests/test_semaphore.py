@@ -179,6 +179,18 @@ class TestHolders:
         assert cancelled_after is not None
         assert cancelled_after < 0.2 + 0.15
 
+    async def test_a_slot_released_and_taken_again_inside_the_block_is_kept(self, redis: Redis):
+        """release() then acquire() in one block: the new slot is extended, no LockLost."""
+        sem = AsyncSemaphore(redis, "pool", 1, ttl=0.6)
+        async with sem:
+            await anyio.sleep(0.3)  # the watchdog started at ttl/3 = 0.2 s
+            assert await sem.release() is True
+            assert await sem.acquire()
+            await anyio.sleep(1.0)  # past the new slot's first ttl
+            assert await sem.owned()
+        assert sem.stats.losses == 0
+        assert await redis.zcard("semaphore:pool") == 0
+
     async def test_a_cancelled_holder_frees_its_slot_at_once(self, redis: Redis):
         """Cancelling a task inside the block removes its entry within 100 ms, not at ttl."""
         entered = anyio.Event()

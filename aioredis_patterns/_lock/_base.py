@@ -211,7 +211,11 @@ class Holder(ABC):
             blocking: wait for the lock (default: the constructor's ``blocking``).
                 A non-blocking acquire makes exactly one attempt.
             timeout: seconds (or a timedelta) to wait at most (default: the
-                constructor's ``timeout``; ``None`` waits as long as it takes).
+                constructor's ``timeout``; ``None`` waits as long as it takes). It
+                bounds the round trips too: an attempt still in flight when it
+                passes is abandoned and given back (a shielded compare-and-delete,
+                bounded to 1 s), so a blocking acquire returns within *timeout*
+                plus at most 1 s even when Redis stops answering.
 
         Returns:
             True when acquired; False when not blocking and held by another, or when
@@ -234,9 +238,13 @@ class Holder(ABC):
         limit = self._timeout if timeout is None else optional_seconds(timeout, "timeout")
         self._acquiring = True
         try:
-            return await self._acquire(block, limit)
+            acquired = await self._acquire(block, limit)
         finally:
             self._acquiring = False
+        if acquired and self._tg is not None:
+            # acquired again inside a block after a release(): watch the new lease
+            self._arm_watchdog()
+        return acquired
 
     async def _acquire(self, block: bool, limit: float | None) -> bool:
         if not block:
@@ -246,7 +254,9 @@ class Holder(ABC):
         if not line_busy(self._line_client, self._kind, self.key):
             # Nobody of this process waits: try at once. Otherwise queue up behind
             # them, so the tasks of one process get the lock first come, first served.
-            first = await self._attempt(waiting=False)
+            first = await self._attempt_within(deadline, waiting=False)
+            if first is None:
+                return False
             if first.acquired:
                 return True
             if not first.flagged:
@@ -273,6 +283,10 @@ class Holder(ABC):
             now holds another owner's token), in which case nothing is changed.
             Either way this instance no longer holds the lock afterwards.
 
+        Inside ``async with`` it also stops the block's watchdog; an :meth:`acquire`
+        later in the same block is watched again, and leaving the block releases
+        whatever is then held.
+
         Raises:
             LockError: this instance does not hold the lock.
             redis.exceptions.RedisError: Redis could not be asked; the instance
@@ -283,6 +297,8 @@ class Holder(ABC):
             raise LockError(f"lock {self._name!r} is not held by this instance")
         held = await self._release_token(lease.token)
         self._lease = None
+        if self._tg is not None:
+            self._stop_watching()
         if not held:
             self._note_loss("release found the lock already gone")
         return held
@@ -401,6 +417,21 @@ class Holder(ABC):
 
     # -- internals ---------------------------------------------------------------
 
+    async def _attempt_within(self, deadline: float, *, waiting: bool) -> Attempt | None:
+        """One attempt, abandoned at *deadline*: None when it was (and was given back)."""
+        if deadline == math.inf:
+            return await self._attempt(waiting=waiting)
+        left = deadline - self._clock()
+        if left <= 0:
+            return None
+        with anyio.CancelScope() as scope:
+            alarm = call_later(left, scope.cancel)
+            try:
+                return await self._attempt(waiting=waiting)
+            finally:
+                alarm.cancel()
+        return None  # the scope swallowed its deadline's cancellation
+
     async def _attempt(self, *, waiting: bool) -> Attempt:
         token = secrets.token_hex(16)
         sent = self._clock()
@@ -427,7 +458,9 @@ class Holder(ABC):
         attempt = 0
         while True:
             if pending is None:
-                pending = await self._attempt(waiting=True)
+                pending = await self._attempt_within(deadline, waiting=True)
+                if pending is None:
+                    return False
                 if pending.acquired:
                     return True
             left = deadline - self._clock()
@@ -451,11 +484,11 @@ class Holder(ABC):
             lease.renew(sent, ttl_ms / 1000)
             self.stats.extensions += 1
             if not strict:  # an explicit extend may move the watchdog's next wake-up earlier
-                if self._dog is not None:
-                    self._dog.reschedule()
-                elif self._timer is not None:
+                if self._timer is not None:  # no watchdog watches this lease yet
                     self._timer.cancel()
                     self._arm_watchdog()
+                elif self._dog is not None:
+                    self._dog.reschedule()
             self.stats.last_renewed_at = sent
         return extended
 
@@ -476,6 +509,8 @@ class Holder(ABC):
         tg, lease = self._tg, self._lease
         if tg is None or lease is None:
             return  # the block is being left, or the lock was released by hand
+        if self._dog is not None and self._dog.lost:
+            return  # the body is being cancelled already; the block ends in LockLost
         dog = self._dog = Watchdog(
             name=self._name,
             lease=lease,
@@ -490,6 +525,18 @@ class Holder(ABC):
             on_loss=tg.cancel_scope.cancel,
         )
         tg.start_soon(dog.run, name=f"lock watchdog {self._name!r}")
+
+    def _stop_watching(self) -> None:
+        """The lease was released inside the block: stop its watchdog, or its pending start.
+
+        A stopped watchdog stays in ``_dog`` (unless a later acquire starts another):
+        its task is in the block's group, so the block must leave through the group's exit.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dog is not None and not self._dog.lost:
+            self._dog.stop()
 
     def _hold_deadline(self, lease: Lease) -> float:
         return math.inf if self._max_hold is None else lease.acquired_at + self._max_hold

@@ -50,7 +50,9 @@ class AsyncLock(Holder):
         auto_extend: let the watchdog extend the lock inside ``async with``. When
             false, the body is still cancelled once the ttl runs out.
         blocking: whether :meth:`acquire` and ``async with`` wait for the lock.
-        timeout: how long they wait at most (``None``: as long as it takes).
+        timeout: how long they wait at most (``None``: as long as it takes). An
+            attempt still unanswered then is abandoned and given back, so they
+            end within *timeout* plus at most 1 s, the bound on that give-back.
         prefix: prepended to *name* to make the key.
         scripts: the :class:`ScriptBook` to use (default: the client's shared book).
         max_extensions: the watchdog extends at most this many times per hold.

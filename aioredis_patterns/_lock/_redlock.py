@@ -25,6 +25,10 @@ __all__ = ["AsyncRedlock"]
 
 T = TypeVar("T")
 
+RELEASE_NODE_TIMEOUT = RELEASE_TIMEOUT * 0.75
+"""Bound on one node's answer to a release, below RELEASE_TIMEOUT (the bound on the whole
+release at a block's exit), so the nodes that did answer decide the release before it."""
+
 
 class _NoAnswer:
     """A node that did not answer within the node timeout."""
@@ -44,7 +48,10 @@ class AsyncRedlock(Holder):
     of nodes accepted and time is left: validity = ttl - elapsed - drift, with
     drift = 1% of ttl + 2 ms. A failed acquire releases every node that may hold
     its token: those it won, and those that failed or answered too late (they may
-    have taken it after all). Extends, made by the watchdog every ttl/3,
+    have taken it after all). When the script refuses on so many nodes that no
+    quorum can be won (a corrupt fence counter), the acquire raises the error
+    those nodes reported (:class:`NotAnInteger`), as AsyncLock does, instead of
+    waiting for a quorum that cannot come. Extends, made by the watchdog every ttl/3,
     count only when a quorum confirms; release reports True when a quorum still
     held the lock.
 
@@ -63,7 +70,9 @@ class AsyncRedlock(Holder):
         name, ttl, auto_extend, blocking, timeout, prefix, max_extensions,
             max_hold, clock, sleep: as for :class:`AsyncLock`.
         node_timeout: how long one node may take to answer one call before it
-            counts as failed (default: ttl/20, at least 100 ms, at most 1 s).
+            counts as failed (default: ttl/20, at least 100 ms, at most 1 s). A
+            release waits for a node at most the smaller of this and 750 ms, so
+            the nodes that answered decide it within its own 1 s bound.
 
     Raises:
         InvalidArgument: no clients, or a bad argument as for :class:`AsyncLock`.
@@ -147,13 +156,19 @@ class AsyncRedlock(Holder):
         self,
         call: Callable[[Any, ScriptBook], Awaitable[T]],
         nodes: Sequence[int] | None = None,
+        *,
+        node_timeout: float | None = None,
     ) -> list[T | BaseException | _NoAnswer]:
-        """Run *call* on each node at once; each answer, error or NO_ANSWER, in node order."""
+        """Run *call* on each node at once; each answer, error or NO_ANSWER, in node order.
+
+        Each node is given *node_timeout* seconds (default: the lock's ``node_timeout``).
+        """
         chosen = range(len(self._clients)) if nodes is None else nodes
         answers: list[T | BaseException | _NoAnswer] = [NO_ANSWER] * len(chosen)
+        bound = self._node_timeout if node_timeout is None else node_timeout
 
         async def one(slot: int, node: int) -> None:
-            with anyio.move_on_after(self._node_timeout):
+            with anyio.move_on_after(bound):
                 try:
                     answers[slot] = await call(self._clients[node], self._books[node])
                 except Exception as exc:  # one node failing is what Redlock is for
@@ -174,6 +189,7 @@ class AsyncRedlock(Holder):
         won: list[tuple[int, int]] = []
         hints: list[int] = []
         held: list[int] = []
+        refusals: list[AioRedisPatternsError] = []
         for node, answer in enumerate(answers):
             if isinstance(answer, list) and answer[0] == 1:
                 won.append((node, int(answer[1])))
@@ -181,6 +197,12 @@ class AsyncRedlock(Holder):
                 held.append(node)
                 if answer[1] >= 0:
                     hints.append(int(answer[1]))
+            elif isinstance(answer, AioRedisPatternsError):
+                refusals.append(answer)  # the script refused (a corrupt counter): no retry helps
+        if len(self._clients) - len(refusals) < self._quorum:
+            # Too few nodes can ever accept: report why, as AsyncLock does, instead of
+            # waiting for a quorum that cannot come. _attempt gives the token back.
+            raise _most_common(refusals)
         if len(won) >= self._quorum:
             fence = max(count for _, count in won)
             behind = [node for node, count in won if count < fence]
@@ -240,6 +262,7 @@ class AsyncRedlock(Holder):
                 (token, SIGNAL_TTL_MS),
             ),
             nodes,
+            node_timeout=min(self._node_timeout, RELEASE_NODE_TIMEOUT),
         )
         return sum(1 for answer in answers if answer == 1)
 
@@ -253,6 +276,12 @@ class AsyncRedlock(Holder):
         if signalled is None:
             self._signal_node += 1
         return bool(signalled)
+
+
+def _most_common(errors: Sequence[AioRedisPatternsError]) -> AioRedisPatternsError:
+    """The first of the errors of the type most nodes reported."""
+    kind, _ = Counter(type(error) for error in errors).most_common(1)[0]
+    return next(error for error in errors if type(error) is kind)
 
 
 def _raise_bugs(answers: Sequence[object]) -> None:
