@@ -26,6 +26,7 @@ from aioredis_patterns import (
     AsyncCache,
     InvalidArgument,
     RedisUnavailable,
+    ScriptError,
     SerializationError,
     connect,
 )
@@ -667,6 +668,77 @@ class TestLease:
         assert await redis.exists("inv:k") == 0
         assert await cache.get_or_load("k", Loader(lambda n: "fresh")) == "fresh"
 
+    @pytest.mark.parametrize("lease_ended", [False, True], ids=["in-lease", "after-lease"])
+    @pytest.mark.parametrize("write", ["set", "delete"])
+    async def test_a_write_during_a_load_slower_than_its_lease_wins(
+        self, make_cache: Callable[..., AsyncCache], redis, write: str, lease_ended: bool
+    ):
+        """set()/delete() during a load that outlives its lease still keep the load's value out."""
+        cache = make_cache(namespace="slow:", ttl=30, lease_ttl=0.2)
+        gate = anyio.Event()
+        loader = Loader(lambda n: "from the loader", gate=gate)
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await cache.get_or_load("k", loader))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await eventually(lambda: loader.calls == 1)
+            # The lease is 0.2 s: the write comes in it or after it, and the load ends
+            # after it either way.
+            await anyio.sleep(0.4 if lease_ended else 0)
+            if write == "set":
+                await cache.set("k", "explicit")
+            else:
+                await cache.delete("k")
+            await anyio.sleep(0 if lease_ended else 0.4)
+            gate.set()
+        assert results == ["from the loader"]
+        expected = "explicit" if write == "set" else MISSING
+        assert await cache.get("k", MISSING) == expected
+
+    async def test_a_load_outliving_its_lease_stores_unless_it_outlived_the_lease_key(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Alone, a load slower than lease_ttl is stored; one past 10 x lease_ttl is not."""
+        cache = make_cache(namespace="slow:", ttl=30, lease_ttl=0.2)  # lease key: 2 s
+        slow = Loader(lambda n: "slow", delay=0.4)
+        assert await cache.get_or_load("a", slow) == "slow"
+        assert await cache.get("a") == "slow"
+        slowest = Loader(lambda n: "slowest", delay=3.0)
+        assert await cache.get_or_load("b", slowest) == "slowest"
+        assert await redis.exists("slow:b", "{slow:b}:lease") == 0
+        assert (slow.calls, slowest.calls) == (1, 1)
+
+    async def test_a_store_failing_with_an_error_reply_frees_the_lease(
+        self, redis_server: RedisServer
+    ):
+        """The store script fails with an error reply: it is raised and the lease is released."""
+        admin = Redis.from_url(redis_server.url)
+        await admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all")
+        url = redis_server.url.replace("redis://", "redis://app:pw@")
+        client = Redis.from_url(url)
+        try:
+            cache = AsyncCache(client, namespace="err:", ttl=60)
+
+            async def load_then_revoke_set() -> str:
+                assert await admin.exists("{err:k}:lease") == 1  # the read took it
+                # The store's SET is now refused (NOPERM); the release needs GET and DEL.
+                await admin.execute_command("ACL", "SETUSER", "app", "-set")
+                return "loaded"
+
+            with pytest.raises(ScriptError, match="cache_store"):
+                await cache.get_or_load("k", load_then_revoke_set)
+            assert await admin.exists("err:k", "{err:k}:lease") == 0
+            await admin.execute_command("ACL", "SETUSER", "app", "+set")
+            started = time.monotonic()
+            assert await cache.get_or_load("k", Loader(lambda n: "next")) == "next"
+            assert time.monotonic() - started < 1.0  # no wait for a leftover lease
+        finally:
+            await client.aclose()
+            await admin.aclose()
+
 
 def _run_worker_command(url: str, go_list: str, *extra: str) -> list[str]:
     return [sys.executable, str(WORKER), url, go_list, *extra]
@@ -960,6 +1032,31 @@ class TestCorruptValues:
             tg.start_soon(corrupt_then_free)
             assert await cache.get_or_load("k", Loader(lambda n: "clean")) == "clean"
         assert await redis.get("c2:k") == b'"clean"'
+
+    async def test_two_caches_finding_one_corrupt_value_load_once(self, redis_url, redis):
+        """Two processes miss on one corrupt value: one loads, the other gets its value."""
+        await redis.set("c4:k", b"\xff not json", px=60_000)
+        clients = [Redis.from_url(redis_url) for _ in range(2)]
+        try:
+            caches = [AsyncCache(c, namespace="c4:", ttl=60) for c in clients]
+            gate = anyio.Event()  # the load ends once the other cache waits for it
+            loader = Loader(lambda n: f"clean {n}", gate=gate)
+            results: list[Any] = []
+
+            async def call(cache: AsyncCache) -> None:
+                results.append(await cache.get_or_load("k", loader))
+
+            async with anyio.create_task_group() as tg:
+                for cache in caches:
+                    tg.start_soon(call, cache)
+                await eventually(lambda: sum(c.stats.lease_waits for c in caches) == 1)
+                gate.set()
+            assert loader.calls == 1
+            assert results == ["clean 1", "clean 1"]
+            assert await redis.get("c4:k") == b'"clean 1"'
+        finally:
+            for client in clients:
+                await client.aclose()
 
     async def test_get_and_get_many_skip_corrupt_values(
         self, make_cache: Callable[..., AsyncCache], redis
@@ -1296,10 +1393,51 @@ class TestDecorator:
             b=1,
         )
         assert a == b
-        assert '"2024-01-02"' in a
+        assert cache.key_for(search, datetime.date(2024, 1, 2)).endswith(
+            'search:[[date("2024-01-02")],{}]'
+        )
         long_key = cache.key_for(search, "x" * 500)
         assert "sha256:" in long_key
         assert len(long_key) < 200
+
+    async def test_arguments_of_different_types_get_different_keys(
+        self, make_cache: Callable[..., AsyncCache]
+    ):
+        """Unequal arguments whose JSON text would match (set/list, bytes/str...) get own keys."""
+        import datetime
+        import decimal
+        import enum
+        import uuid
+
+        class Color(enum.Enum):
+            RED = "red"
+
+        @dataclasses.dataclass
+        class Query:
+            term: str
+
+        cache = make_cache(namespace="dk:")
+
+        @cache.cached()
+        async def f(x: Any) -> int:
+            return 1
+
+        pairs = [
+            ({1}, ["1"]),
+            (b"\x01", "b:01"),
+            ({1: "a"}, {"1": "a"}),
+            ((1, 2), [1, 2]),
+            (datetime.date(2024, 1, 2), "2024-01-02"),
+            (uuid.UUID(int=5), str(uuid.UUID(int=5))),
+            (decimal.Decimal("1.5"), "1.5"),
+            (Color.RED, "red"),
+            (Query("x"), ["Query", {"term": "x"}]),
+        ]
+        for a, b in pairs:
+            assert cache.key_for(f, a) != cache.key_for(f, b), (a, b)
+        # Plain arguments keep the keys they always had.
+        assert cache.key_for(f, {"b": [1, None], "a": "é"}).endswith(':[{"a":"é","b":[1,null]}]')
+        assert cache.key_for(f, 1.5).endswith(":[1.5]")
 
     async def test_unkeyable_arguments_and_sync_functions_are_refused(
         self, make_cache: Callable[..., AsyncCache]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 import math
@@ -27,7 +28,7 @@ from .._fastpath import sender
 from .._scripts import ScriptBook
 from .._serializers import Serializer, resolve_serializer
 from .._slots import derived_key, is_cluster
-from .._validation import Duration, to_milliseconds, to_seconds
+from .._validation import MAX_SAFE_INT, Duration, to_milliseconds, to_seconds
 from ._flight import Flight
 from ._keys import KeyBuilder, key_builder
 
@@ -56,6 +57,7 @@ _POLL_MAX = 0.1
 _CLEANUP_TIMEOUT = 1.0
 _HORIZONS_KEPT = 4096  # keys whose expiry a cache remembers (about 0.5 MB at most)
 _HORIZON_SLACK_MS = 20.0  # covers the half round trip a remembered expiry runs late
+_LEASE_KEY_LIFETIMES = 10  # the lease key lives this many lease_ttl (cache_store.lua)
 
 
 @dataclass
@@ -92,6 +94,14 @@ class _Leased:
 
 
 @dataclass(frozen=True)
+class _Corrupt:
+    """A read that found a value that does not decode."""
+
+    digest: str
+    """Its SHA-1: cache_acquire takes the lease over it, but returns any other value."""
+
+
+@dataclass(frozen=True)
 class _Entry:
     value: Any
     pttl: int
@@ -110,6 +120,10 @@ def _as_int(data: Any) -> int | None:
         return int(data)
     except (TypeError, ValueError):
         return None
+
+
+def _digest(data: bytes | str) -> str:
+    return hashlib.sha1(_as_bytes(data), usedforsecurity=False).hexdigest()
 
 
 def _side_keys(full: str) -> tuple[str, str, str]:
@@ -164,7 +178,8 @@ class AsyncCache:
             refreshes earlier, ``0`` turns early refresh off and writes no
             ``{key}:meta`` side key.
         lease_ttl: how long a process may load a key before others take over. Set
-            it above your slowest load.
+            it above your slowest load. A load that ends more than 10 times
+            *lease_ttl* after it began returns its value without storing it.
         fail_open: serve loader values when Redis is unreachable or refuses
             writes (default). With ``False``, get_or_load raises
             :class:`RedisUnavailable`, or redis-py's ``OutOfMemoryError`` or
@@ -217,6 +232,7 @@ class AsyncCache:
         self._negative_ms = None if negative_ttl is None else to_milliseconds(negative_ttl, "ttl")
         self._beta = float(early_refresh)
         self._lease_ms = to_milliseconds(lease_ttl, "lease_ttl")
+        self._lease_key_ms = min(self._lease_ms * _LEASE_KEY_LIFETIMES, MAX_SAFE_INT)
         self._fail_open = bool(fail_open)
         self._outage_backoff = to_seconds(outage_backoff, "outage_backoff")
         self._clock = clock
@@ -489,7 +505,7 @@ class AsyncCache:
         """
         full = self._full(key)
         ttl_ms = self._call_ttl_ms(ttl)
-        force = False
+        corrupt: str | None = None
         lease: _Leased | None = None
         flight = self._flights.get(full)
         if (flight is None or flight.refresh) and not self._skipping_redis():
@@ -512,15 +528,16 @@ class AsyncCache:
                     return cast(T, entry.value)
                 if isinstance(entry, _Leased):
                     lease = entry
-                force = entry is _CORRUPT
+                elif isinstance(entry, _Corrupt):
+                    corrupt = entry.digest
         self.stats.misses += 1
-        return cast(T, await self._join_or_lead(full, loader, ttl_ms, force=force, lease=lease))
+        return cast(T, await self._join_or_lead(full, loader, ttl_ms, corrupt=corrupt, lease=lease))
 
     async def _get(self, full: str) -> bytes | str | None:
         return cast("bytes | str | None", await self._send(("GET", full)))
 
-    async def _read(self, full: str, u: float) -> _Entry | _Leased | object:
-        """One round trip: the entry, _MISSING, _CORRUPT, or the lease taken on a miss.
+    async def _read(self, full: str, u: float) -> _Entry | _Leased | _Corrupt | object:
+        """One round trip: the entry, _MISSING, a _Corrupt, or the lease taken on a miss.
 
         With early refresh on, the read is the ``cache_acquire`` script: the value
         with its PTTL and load time, or, where there is no value, the key's lease,
@@ -535,17 +552,17 @@ class AsyncCache:
                 self._horizons.pop(full, None)
                 return _MISSING
             value = self._decode(full, data)
-            return _CORRUPT if value is _CORRUPT else _Entry(value, -1, None)
+            return _Corrupt(_digest(data)) if value is _CORRUPT else _Entry(value, -1, None)
         keys = _side_keys(full)
         token = secrets.token_hex(16)
-        reply = await self._acquire(keys, token, force=False)
+        reply = await self._acquire(keys, token, "0")
         kind = _kind(reply)
         if kind != "hit":
             self._horizons.pop(full, None)
             return _Leased(keys, token) if kind == "acquired" else _MISSING
         value = self._decode(full, reply[1])
         if value is _CORRUPT:
-            return value
+            return _Corrupt(_digest(reply[1]))
         entry = _Entry(value, int(reply[2]), _as_int(reply[3]))
         self._remember(full, entry.pttl, entry.delta)
         return entry
@@ -592,11 +609,12 @@ class AsyncCache:
         loader: Callable[[], Awaitable[Any]],
         ttl_ms: int | None,
         *,
-        force: bool,
+        corrupt: str | None,
         lease: _Leased | None,
     ) -> Any:
         """Load *full* once in this process, or wait for the load under way.
 
+        *corrupt* is the SHA-1 of a stored value this caller's read could not decode.
         *lease* is the lease this caller's read took, if it took one. When another
         task of this process began a load during that read (it found the lease
         held, so it waits for it), the lease is handed back and this caller joins
@@ -612,11 +630,13 @@ class AsyncCache:
             if flight is None:
                 flight = self._flights[full] = Flight()
                 if self._tg is None:
-                    return await self._lead(full, loader, ttl_ms, flight, force=force, lease=lease)
+                    return await self._lead(
+                        full, loader, ttl_ms, flight, corrupt=corrupt, lease=lease
+                    )
                 # Made here, not in the host task, so waiters that all leave before
                 # the host runs still cancel it.
                 flight.scope = anyio.CancelScope()
-                self._tg.start_soon(self._host, full, loader, ttl_ms, flight, force, lease)
+                self._tg.start_soon(self._host, full, loader, ttl_ms, flight, corrupt, lease)
                 lease = None  # the hosted load owns it now
             elif flight.refresh:
                 # An early refresh is writing a value; once it is done the lease
@@ -637,12 +657,14 @@ class AsyncCache:
         ttl_ms: int | None,
         flight: Flight,
         *,
-        force: bool,
+        corrupt: str | None,
         lease: _Leased | None,
     ) -> Any:
         """Load in this caller's task; if it is cancelled, a waiter takes over."""
         try:
-            flight.result = await self._load_cold(full, loader, ttl_ms, force=force, lease=lease)
+            flight.result = await self._load_cold(
+                full, loader, ttl_ms, corrupt=corrupt, lease=lease
+            )
         except Exception as exc:
             flight.fail(exc)
             raise
@@ -659,7 +681,7 @@ class AsyncCache:
         loader: Callable[[], Awaitable[Any]],
         ttl_ms: int | None,
         flight: Flight,
-        force: bool,
+        corrupt: str | None,
         lease: _Leased | None,
     ) -> None:
         """Load in the cache's task group; cancelled only when every waiter has left."""
@@ -669,7 +691,7 @@ class AsyncCache:
             with flight.scope:
                 try:
                     flight.result = await self._load_cold(
-                        full, loader, ttl_ms, force=force, lease=lease
+                        full, loader, ttl_ms, corrupt=corrupt, lease=lease
                     )
                 except Exception as exc:
                     flight.fail(exc)
@@ -732,10 +754,14 @@ class AsyncCache:
         loader: Callable[[], Awaitable[Any]],
         ttl_ms: int | None,
         *,
-        force: bool,
+        corrupt: str | None,
         lease: _Leased | None,
     ) -> Any:
-        """Take the lease (unless *lease* is already held), load and store."""
+        """Take the lease (unless *lease* is already held), load and store.
+
+        While the stored value is the corrupt one whose SHA-1 is *corrupt*, the lease is
+        taken over it; any other stored value (another process's load) is returned.
+        """
         if lease is not None:
             return await self._load_and_store(lease.keys, loader, ttl_ms, lease.token)
         if self._skipping_redis() or self._refusing_writes():
@@ -744,12 +770,13 @@ class AsyncCache:
         token = secrets.token_hex(16)
         poll = _POLL_FIRST
         # The lease expires by itself, so waiting is bounded by it; the deadline only
-        # guards against a lease left without a TTL by something else.
+        # guards against a lease key written without a TTL by something else. A caller
+        # past it loads without the lease, so its store writes nothing.
         deadline = self._clock() + self._lease_ms / 1000 + 1.0
         waited = False
         while True:
             try:
-                reply = await self._acquire(keys, token, force=force)
+                reply = await self._acquire(keys, token, corrupt or "0")
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
                 return (await self._call_loader(loader))[0]
@@ -761,7 +788,7 @@ class AsyncCache:
                 value = self._decode(full, reply[1])
                 if value is not _CORRUPT:
                     return value
-                force = True
+                corrupt = _digest(reply[1])
                 continue
             if kind == "acquired" or self._clock() >= deadline:
                 break
@@ -773,10 +800,11 @@ class AsyncCache:
             poll = min(poll * 2, _POLL_MAX)
         return await self._load_and_store(keys, loader, ttl_ms, token)
 
-    async def _acquire(self, keys: tuple[str, str, str], token: str, *, force: bool) -> Any:
+    async def _acquire(self, keys: tuple[str, str, str], token: str, mode: str) -> Any:
+        """Run cache_acquire; *mode* is its ARGV[3]: "0", "1" or a corrupt value's SHA-1."""
         try:
             return await self._book.run(
-                "cache_acquire", keys, (token, self._lease_ms, "1" if force else "0")
+                "cache_acquire", keys, (token, self._lease_ms, mode, self._lease_key_ms)
             )
         except anyio.get_cancelled_exc_class():
             # The script may have run and taken the lease before the reply was lost.
@@ -814,19 +842,24 @@ class AsyncCache:
         meta = str(delta) if self._beta and ttl else ""
         try:
             stored = await self._book.run("cache_store", keys, (data, ttl or 0, meta, token))
-        except anyio.get_cancelled_exc_class():
-            await self._release(keys[2], token)
-            raise
         except UNAVAILABLE as exc:
+            # Releasing would wait for the same dead link; the lease ends by itself.
             self._redis_failed(exc)
         except WRITES_REFUSED as exc:
             await self._release(keys[2], token)
             self._writes_failed(exc)
+        except BaseException:  # cancelled, or an error reply: free the lease for the next load
+            await self._release(keys[2], token)
+            raise
         else:
             if stored:
                 self._remember(keys[0], ttl, delta if meta else None)
             else:
-                logger.debug("load of %r was superseded by set()/delete(); not written", keys[0])
+                logger.debug(
+                    "load of %r not written: set()/delete() ran, another caller took the "
+                    "lease over, or the lease key expired",
+                    keys[0],
+                )
         return value
 
     async def _release(self, lease: str, token: str) -> None:
@@ -875,7 +908,7 @@ class AsyncCache:
         keys = _side_keys(full)
         token = secrets.token_hex(16)
         try:
-            reply = await self._acquire(keys, token, force=True)
+            reply = await self._acquire(keys, token, "1")
             if _kind(reply) != "acquired":
                 return _MISSING
             self.stats.early_refreshes += 1
@@ -908,10 +941,11 @@ class AsyncCache:
         signature order with defaults applied (``app.get_user:[42,false]``), so
         equal calls share one entry in every process. A first parameter named
         ``self`` or ``cls`` is left out: instances share entries, so pass *key* when
-        the result depends on the instance. Arguments must be JSON values, sets,
-        bytes, dates, UUIDs, Decimals, Enums or dataclasses; anything else raises
-        :class:`InvalidArgument` at call time unless *key* is given. Long argument
-        text is replaced by its SHA-256.
+        the result depends on the instance. Arguments must be JSON values, tuples,
+        sets, dicts, bytes, dates, UUIDs, Decimals, Enums or dataclasses; the types
+        JSON lacks get tagged spellings (``tuple(1,2)``), so arguments of different
+        types never share a key. Anything else raises :class:`InvalidArgument` at
+        call time unless *key* is given. Long argument text is replaced by its SHA-256.
 
         Args:
             ttl: expiry of the results; default, the cache's ttl.

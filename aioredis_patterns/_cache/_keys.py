@@ -31,34 +31,70 @@ MAX_ARGS_TEXT = 200
 """Argument text longer than this is replaced by its SHA-256, so keys stay short."""
 
 
-def _canonical(value: Any) -> Any:
-    """JSON ``default`` hook: the values JSON lacks, each written one fixed way."""
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+"""Types whose JSON spelling is their key spelling, exactly these (not subclasses)."""
+
+_TAGGED: tuple[tuple[type, str, Callable[[Any], str]], ...] = (
+    # datetime before date: a datetime is a date.
+    (datetime.datetime, "datetime", lambda v: v.isoformat()),
+    (datetime.date, "date", lambda v: v.isoformat()),
+    (datetime.time, "time", lambda v: v.isoformat()),
+    (uuid.UUID, "uuid", str),
+    (decimal.Decimal, "decimal", str),
+    (bytes, "bytes", bytes.hex),
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=True)
+
+
+def _type_name(cls: type) -> str:
+    return _json(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _encode(value: Any) -> str:
+    """The key text of *value*: compact JSON for JSON values, a tagged spelling otherwise.
+
+    JSON values (str, int, float, bool, None, lists, dicts with str keys) are written
+    as compact JSON with sorted keys. Every other type is written as ``tag(...)``
+    (``tuple(1,2)``, ``set(1,2)``, ``bytes("00ff")``, ``date("2024-01-02")``), and a
+    dict with a key that is not a str as ``{1:"a"}`` with its keys in this spelling.
+    Neither is JSON, so distinct values of different types never share a text.
+    """
+    if type(value) in _PLAIN:
+        return _json(value)
+    if isinstance(value, enum.Enum):  # before str and int: an IntEnum is an int
+        return f"enum({_type_name(type(value))},{_encode(value.value)})"
+    if isinstance(value, (str, int, float)):  # subclasses equal their plain value
+        return _json(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_encode, value)) + "]"
+    if isinstance(value, tuple):
+        return "tuple(" + ",".join(map(_encode, value)) + ")"
+    if isinstance(value, dict):
+        if all(type(k) is str for k in value):  # JSON: sorted by the key itself
+            items = [(_json(k), value[k]) for k in sorted(value)]
+        else:
+            items = sorted(((_encode(k), v) for k, v in value.items()), key=lambda kv: kv[0])
+        return "{" + ",".join(f"{k}:{_encode(v)}" for k, v in items) + "}"
     if isinstance(value, (set, frozenset)):
-        return sorted(_dumps(item) for item in value)
-    if isinstance(value, bytes):
-        return "b:" + value.hex()
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (uuid.UUID, decimal.Decimal)):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
+        return "set(" + ",".join(sorted(map(_encode, value))) + ")"
+    for cls, tag, spell in _TAGGED:
+        if isinstance(value, cls):
+            return f"{tag}({_json(spell(value))})"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [type(value).__qualname__, dataclasses.asdict(value)]
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return f"dataclass({_type_name(type(value))},{_encode(fields)})"
     # Anything else (including objects whose repr carries a memory address) has no
     # stable text across processes, so guessing one would split or merge entries.
     raise TypeError(f"no deterministic key for {type(value).__name__}")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(
-        value,
-        default=_canonical,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=True,
-    )
+def _dumps(values: list[Any]) -> str:
+    if all(type(v) in _PLAIN for v in values):  # the common case, in one C call
+        return json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return _encode(values)
 
 
 def _skips_first(signature: inspect.Signature) -> bool:
@@ -97,14 +133,18 @@ def key_builder(fn: Callable[..., Any], key: str | KeyBuilder | None) -> KeyBuil
 
     prefix = f"{fn.__module__}.{fn.__qualname__}:"
     skip = 1 if _skips_first(signature) else 0
+    star = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_POSITIONAL), None)
 
     def derived(*args: Any, **kwargs: Any) -> str:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        values = list(bound.arguments.values())[skip:]
+        if star is None:
+            values = list(bound.arguments.values())[skip:]
+        else:  # *args arrive as a tuple; they are written as a list, as they always were
+            values = [list(v) if n == star else v for n, v in list(bound.arguments.items())[skip:]]
         try:
             text = _dumps(values)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(
                 f"cannot derive a cache key for {fn.__qualname__}: {exc}; pass key= to cached()"
             ) from exc

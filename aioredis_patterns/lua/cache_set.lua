@@ -3,8 +3,8 @@
 -- ARGV[1] encoded value, ARGV[2] ttl ms (integer >= 0; 0: no expiry)
 -- returns 1
 -- errors: INVALID_ARGUMENT <detail>
--- A lease in flight is marked invalidated ('!', keeping its TTL) before the write, so
--- a load that started earlier cannot overwrite this newer value (see cache_store).
+-- A lease key that exists is overwritten with '!' (keeping its TTL) before the write, so
+-- a load that began earlier cannot overwrite this newer value (see cache_store).
 -- #include _prelude
 local ttl = arg_int(2, 'ttl', 0)
 redis.call('SET', KEYS[2], '!', 'XX', 'KEEPTTL')
