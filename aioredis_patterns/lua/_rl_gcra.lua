@@ -48,9 +48,14 @@ local function gcra_read(key, now_w, now_f, lim)
   return s
 end
 
+-- How far the TAT would be ahead of now once cost is admitted.
+local function gcra_next(s, cost)
+  return s.ahead + cost * s.interval
+end
+
 -- Below an interval, so the nudge never admits a unit more than the burst.
 local function gcra_fits(s, cost)
-  return s.ahead + cost * s.interval - s.dvt <= math.min(RL_EPSILON, s.interval / 1000)
+  return gcra_next(s, cost) - s.dvt <= math.min(RL_EPSILON, s.interval / 1000)
 end
 
 -- The TAT now_w + now_f + ahead as the key's text.
@@ -71,11 +76,11 @@ end
 local function gcra_state(s, cost, taken)
   local ahead = s.ahead
   if taken then
-    ahead = ahead + cost * s.interval
+    ahead = gcra_next(s, cost)
   end
   local retry = 0
   if not gcra_fits(s, cost) then
-    retry = s.ahead + cost * s.interval - s.dvt
+    retry = gcra_next(s, cost) - s.dvt
   end
   return {math.floor((s.dvt - ahead) / s.interval + RL_EPSILON), retry, ahead}
 end

@@ -27,7 +27,7 @@ end
 
 if allowed then
   for i = 1, #limits do
-    local ahead = reads[i].ahead + cost * reads[i].interval
+    local ahead = gcra_next(reads[i], cost)
     redis.call('SET', KEYS[i], gcra_text(now_w, now_f, ahead), 'PX',
       math.max(1, math.ceil(ahead)))
   end
