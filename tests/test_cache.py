@@ -934,6 +934,24 @@ class TestEarlyRefresh:
         assert cache.stats.load_errors == 1
         assert "early refresh" in caplog.text
 
+    @pytest.mark.parametrize("hosted", [False, True], ids=["inline", "background"])
+    async def test_a_refresh_that_loads_none_keeps_the_current_value(
+        self, make_cache: Callable[..., AsyncCache], redis, hosted: bool
+    ):
+        """A refresh loading None (no negative_ttl) stores nothing; readers keep the value."""
+        cache = make_cache(namespace="rn:", ttl=0.3, rand=lambda: 1 - 1e-10)
+        await cache.get_or_load("k", Loader(lambda n: "good", delay=0.02))
+        gone = Loader(lambda n: None, delay=0.02)
+        if hosted:
+            async with cache:
+                assert await cache.get_or_load("k", gone) == "good"
+                await eventually(lambda: gone.calls == 1)
+        else:
+            assert await cache.get_or_load("k", gone) == "good"
+        assert gone.calls == 1
+        assert cache.stats.early_refreshes == 1
+        assert await redis.get("rn:k") == b'"good"'
+
     @pytest.mark.slow
     @pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
     async def test_steady_load_loads_about_once_per_ttl_and_never_misses(

@@ -901,7 +901,7 @@ class AsyncCache:
     async def _refresh(
         self, full: str, loader: Callable[[], Awaitable[Any]], ttl_ms: int | None
     ) -> Any:
-        """Reload *full* if no process is loading it; _MISSING when skipped or failed.
+        """Reload *full* if no process is loading it; _MISSING when skipped, failed or None.
 
         The current value is still valid, so a failure here is logged, never raised.
         """
@@ -912,7 +912,10 @@ class AsyncCache:
             if _kind(reply) != "acquired":
                 return _MISSING
             self.stats.early_refreshes += 1
-            return await self._load_and_store(keys, loader, ttl_ms, token)
+            fresh = await self._load_and_store(keys, loader, ttl_ms, token)
+            # A None that is not stored changes nothing in Redis: the reader keeps the
+            # still-valid value, as it does when the refresh runs in the background.
+            return _MISSING if fresh is None and self._negative_ms is None else fresh
         except (*UNAVAILABLE, *WRITES_REFUSED) as exc:
             if not self._fail_open:
                 self.stats.redis_errors += 1
