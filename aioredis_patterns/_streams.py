@@ -353,17 +353,19 @@ class AsyncStreamConsumer(ConsumerRuntime):
 
     async def _open(self) -> None:
         try:
-            await self._ensure_group()
+            await self._ensure_group(self._start_id)
         except RedisError as exc:
             if is_connection_error(exc):
                 raise RedisUnavailable(f"AsyncStreamConsumer could not reach Redis: {exc}") from exc
             raise
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self, start_id: str | None = None) -> None:
+        if start_id is None:
+            # Created again (a restart lost it, or a DEL): "$" would skip whatever was
+            # added since, and those entries were added after this consumer started.
+            start_id = "0" if self._start_id == "$" else self._start_id
         try:
-            await self._client.xgroup_create(
-                self.stream, self.group, id=self._start_id, mkstream=True
-            )
+            await self._client.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -414,13 +416,49 @@ class AsyncStreamConsumer(ConsumerRuntime):
         await self._take(entries, fresh=True)
 
     async def _read_own_pending(self, count: int) -> None:
+        # A history XREADGROUP counts a delivery of every entry it returns, also of
+        # those this consumer still holds (claimed just before, or in a handler
+        # across a reconnect), which would reach max_deliveries early. So list the
+        # pending entries with XPENDING, which counts nothing, and read only the
+        # runs of them that are not held.
         assert self._own_cursor is not None
-        entries = await self._xreadgroup(self._own_cursor, count, None)
-        if not entries:
+        start = "-" if self._own_cursor == "0" else "(" + self._own_cursor
+        try:
+            rows = await self._client.xpending_range(
+                self.stream,
+                self.group,
+                min=start,
+                max="+",
+                count=count,
+                consumername=self.consumer,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_group()
+            rows = []
+        if not rows:
             self._own_cursor = None
             return
-        self._own_cursor = _text(entries[-1][0])
-        await self._take(entries, fresh=False)
+        self._own_cursor = _text(rows[-1]["message_id"])
+        runs: list[list[str]] = []
+        after_held = True
+        for row in rows:
+            entry_id = _text(row["message_id"])
+            if entry_id in self._held:
+                after_held = True
+                continue
+            if after_held:
+                runs.append([])
+                after_held = False
+            runs[-1].append(entry_id)
+        for run in runs:
+            # Read from just before the run, as many as it has: exactly the run (unless
+            # one of it was acknowledged or claimed away meanwhile; what else comes
+            # back is not taken).
+            entries = await self._xreadgroup(_before(run[0]), len(run), None)
+            wanted = set(run)
+            await self._take([e for e in entries if _text(e[0]) in wanted], fresh=False)
 
     async def _claim(self, count: int) -> int:
         """XAUTOCLAIM one page of idle entries; returns how many were queued."""
@@ -483,21 +521,28 @@ class AsyncStreamConsumer(ConsumerRuntime):
 
     async def _deliveries(self, ids: list[str]) -> dict[str, int]:
         """Delivery counts of *ids* (pending for this consumer), from XPENDING."""
-        rows = await self._client.xpending_range(
-            self.stream,
-            self.group,
-            min=ids[0],
-            max=ids[-1],
-            count=len(ids) + len(self._held) + 1,
-            consumername=self.consumer,
-        )
         wanted = set(ids)
         counts: dict[str, int] = {}
-        for row in rows:
-            entry_id = _text(row["message_id"])
-            if entry_id in wanted:
-                counts[entry_id] = int(row["times_delivered"])
-        return counts
+        page = len(ids) + len(self._held) + 1
+        start = ids[0]
+        while True:
+            # Other pending entries of this consumer (failed ones waiting for
+            # claim_after) may lie between the ids: page on until all are seen.
+            rows = await self._client.xpending_range(
+                self.stream,
+                self.group,
+                min=start,
+                max=ids[-1],
+                count=page,
+                consumername=self.consumer,
+            )
+            for row in rows:
+                entry_id = _text(row["message_id"])
+                if entry_id in wanted:
+                    counts[entry_id] = int(row["times_delivered"])
+            if len(rows) < page or len(counts) == len(wanted):
+                return counts
+            start = "(" + _text(rows[-1]["message_id"])
 
     # -- workers -------------------------------------------------------------
 
@@ -597,6 +642,14 @@ class AsyncStreamConsumer(ConsumerRuntime):
         # Unhandled entries stay pending in Redis: they are not lost, only late.
         self._queue.discard_all()
         self._held.clear()
+
+
+def _before(entry_id: str) -> str:
+    """The greatest stream id below *entry_id*."""
+    ms, _, seq = entry_id.partition("-")
+    if int(seq or 0):
+        return f"{ms}-{int(seq) - 1}"
+    return f"{int(ms) - 1}-{2**64 - 1}" if int(ms) else "0-0"
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -27,7 +27,7 @@ from aioredis_patterns import (
     StreamMessage,
     StreamProducer,
 )
-from aioredis_patterns.testing import RedisServer
+from aioredis_patterns.testing import FaultProxy, RedisServer
 
 from ._helpers import eventually
 
@@ -404,6 +404,38 @@ class TestReconnect:
         assert waits[:3] == [0.05, 0.1, 0.2]
         assert all(wait <= 0.4 for wait in waits)
 
+    async def test_a_dollar_group_lost_in_a_restart_keeps_entries_added_meanwhile(
+        self, redis_server: RedisServer
+    ) -> None:
+        """With start_id="$", entries added after a restart but before the reconnect are handled."""
+        client = await aioredis_patterns.connect(redis_server.url, load_scripts=False, retries=0)
+        added = anyio.Event()
+
+        async def sleep(seconds: float) -> None:
+            await added.wait()  # the reconnect waits until the producer has written
+
+        seen, handler = recorder()
+        try:
+            async with AsyncStreamConsumer(
+                client, "s", "g", "c", handler, start_id="$", block=0.1, sleep=sleep
+            ) as consumer:
+                await StreamProducer(client, "s").add("before")
+                await eventually(lambda: len(seen) == 1)
+                await anyio.to_thread.run_sync(redis_server.restart)  # the group is lost
+                with anyio.fail_after(5):
+                    while True:
+                        try:
+                            await StreamProducer(client, "s").add("after")
+                            break
+                        except RedisConnectionError:
+                            await anyio.sleep(0.05)
+                added.set()
+                await eventually(lambda: consumer.stats.reconnects >= 1)
+                await eventually(lambda: len(seen) == 2, within=2.0)
+        finally:
+            await client.aclose()
+        assert [m.data for m in seen] == [b"before", b"after"]
+
 
 @contextlib.contextmanager
 def flood(redis_url: str, stream: str) -> Iterator[None]:
@@ -478,3 +510,86 @@ class TestShutdown:
                     pass
         finally:
             await client.aclose()
+
+
+class TestDeliveryCounts:
+    async def test_a_restarted_consumer_counts_one_delivery_per_handler_attempt(
+        self, client: Redis
+    ) -> None:
+        """A restart that claims its own idle entry does not also re-read it (two deliveries)."""
+        await StreamProducer(client, "crashed").add("x")
+        await client.xgroup_create("crashed", "g", id="0")
+        await client.xreadgroup("g", "w1", {"crashed": ">"})  # delivery 1, then a crash
+        await anyio.sleep(0.1)  # idle past claim_after
+        attempts: list[int] = []
+
+        async def failing(message: StreamMessage) -> None:
+            attempts.append(message.deliveries)
+            await anyio.sleep(0.02)  # still handling it when the reader moves on
+            raise RuntimeError("still broken")
+
+        async with AsyncStreamConsumer(
+            client, "crashed", "g", "w1", failing, max_deliveries=3, claim_after=0.05, block=0.05
+        ) as consumer:
+            await eventually(lambda: consumer.stats.dead_lettered == 1)
+        assert attempts == [2, 3]
+
+    async def test_a_reconnect_does_not_count_a_delivery_for_an_entry_still_being_handled(
+        self, redis_server: RedisServer
+    ) -> None:
+        """An entry in a handler during a reconnect is not re-delivered (and so over-counted)."""
+        with FaultProxy(redis_server.port) as proxy:
+            client = await aioredis_patterns.connect(proxy.url, load_scripts=False, retries=0)
+            try:
+                await StreamProducer(client, "cut").add("x")
+                attempts: list[int] = []
+                handling = anyio.Event()
+                go_on = anyio.Event()
+
+                async def failing_once(message: StreamMessage) -> None:
+                    attempts.append(message.deliveries)
+                    if len(attempts) == 1:
+                        handling.set()
+                        await go_on.wait()
+                        raise RuntimeError("transient")
+
+                async with AsyncStreamConsumer(
+                    client, "cut", "g", "c", failing_once,
+                    max_deliveries=2, claim_after=0.2, block=0.05,
+                ) as consumer:  # fmt: skip
+                    await handling.wait()
+                    proxy.cut()
+                    await eventually(lambda: consumer.stats.reconnects >= 1)
+                    await anyio.sleep(0.1)  # the new session has re-read its own pending entries
+                    go_on.set()
+                    await eventually(
+                        lambda: consumer.stats.delivered + consumer.stats.dead_lettered == 1
+                    )
+                    stats = consumer.stats
+            finally:
+                await client.aclose()
+        assert attempts == [1, 2]
+        assert (stats.delivered, stats.dead_lettered) == (1, 0)
+
+    async def test_a_claimed_entry_behind_own_pending_ones_is_handled_not_dead_lettered(
+        self, client: Redis
+    ) -> None:
+        """An entry claimed past this consumer's other pending entries is handled once, on time."""
+        ids = await StreamProducer(client, "mixed").add_many(range(5))
+        await client.xgroup_create("mixed", "g", id="0")
+        await client.xreadgroup("g", "dead", {"mixed": ">"}, count=1)  # ids[0]
+        await client.xreadgroup("g", "c", {"mixed": ">"}, count=3)  # ids[1:4]
+        await client.xreadgroup("g", "dead", {"mixed": ">"}, count=1)  # ids[4]
+        await anyio.sleep(0.3)  # the dead consumer's entries are idle past claim_after
+        for entry_id in ids[1:4]:  # this consumer's own entries were delivered just now
+            await client.xclaim("mixed", "g", "c", 0, [entry_id], justid=True)
+        seen, handler = recorder()
+        async with AsyncStreamConsumer(
+            client, "mixed", "g", "c", handler,
+            max_deliveries=2, claim_after=0.2, block=0.05,
+        ) as consumer:  # fmt: skip
+            await eventually(lambda: consumer.stats.delivered + consumer.stats.dead_lettered == 5)
+            stats = consumer.stats
+        assert sorted(m.id for m in seen) == sorted(ids)
+        assert {m.deliveries for m in seen} == {2}
+        assert (stats.claimed, stats.dead_lettered) == (2, 0)
