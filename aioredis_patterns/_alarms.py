@@ -108,7 +108,9 @@ class _Alarms:
                 callback()
             except Exception:  # as asyncio does with a timer's callback: log it, go on
                 logger.exception("a deadline's callback failed")
-        if heap and self._handle is None:
+        # A callback may have armed the timer for a later alarm of its own: the
+        # earliest one left must still be served first.
+        if heap and heap[0][0] < self._armed_at:
             self._arm(loop, heap[0][0])
 
 

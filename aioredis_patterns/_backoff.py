@@ -79,7 +79,11 @@ class Backoff:
         """Seconds to wait before reconnect attempt *attempt* (0 for the first)."""
         # Cap the exponent: multiplier**attempt overflows a float long before
         # anyone has waited that many attempts.
-        ceiling = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        try:
+            growth = self.multiplier ** min(attempt, 64)
+        except OverflowError:  # a steep multiplier: far past any maximum
+            growth = math.inf
+        ceiling = min(self.maximum, self.initial * growth)
         return ceiling * (1.0 - self.jitter * self.random())
 
 

@@ -70,3 +70,20 @@ class TestAlarms:
             await anyio.sleep(0.05)
         assert ran == ["after"]
         assert "boom" in caplog.text
+
+    async def test_an_alarm_set_by_a_callback_does_not_delay_an_earlier_pending_one(self) -> None:
+        """A callback that sets a far alarm leaves the next pending alarm on time."""
+        fired = anyio.Event()
+        far = []
+
+        def set_far() -> None:
+            far.append(_alarms.call_later(5.0, lambda: None))
+
+        _alarms.call_later(0.01, set_far)
+        _alarms.call_later(0.05, fired.set)
+        try:
+            with anyio.fail_after(1.0):
+                await fired.wait()
+        finally:
+            for alarm in far:
+                alarm.cancel()

@@ -825,6 +825,11 @@ class TestReconnect:
         with pytest.raises(InvalidArgument):
             Backoff(jitter=1.5)
 
+    def test_a_steep_multiplier_caps_the_delay_instead_of_overflowing(self) -> None:
+        """delay() with a large (valid) multiplier and many attempts returns the maximum."""
+        backoff = Backoff(0.05, 2.0, multiplier=1e6, jitter=0)
+        assert backoff.delay(60) == 2.0
+
 
 class TestShutdown:
     async def test_aclose_during_a_flood_returns_in_time_and_leaves_nothing_behind(
