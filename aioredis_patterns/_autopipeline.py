@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -88,6 +89,12 @@ class _Batches:
     wrapped client, a command alone that needs no reply callback (a script call,
     say) is sent by it rather than by *full*; *callbacks* are the client's reply
     callbacks, by command name.
+
+    *encode* is the client's ``Encoder.encode``: a caller whose arguments it refuses
+    gets that error alone, and the rest of the batch is sent. A pipeline to one
+    server packs the whole batch before it writes any of it, so there the check
+    runs only after packing failed; a cluster pipeline writes to one node while it
+    packs for another, so with *check_first* every batch is checked before it goes.
     """
 
     def __init__(
@@ -99,11 +106,15 @@ class _Batches:
         max_batch: int,
         short: Direct | None = None,
         callbacks: Mapping[str | bytes, Any] | None = None,
+        encode: Callable[[Any], object],
+        check_first: bool = False,
     ) -> None:
         self._full = full
         self._pipeline = pipeline
         self._short = short
         self._callbacks = callbacks or {}
+        self._encode = encode
+        self._check_first = check_first
         self._concurrency = concurrency
         self._max_batch = max_batch
         self.group: TaskGroup | None = None
@@ -196,11 +207,23 @@ class _Batches:
         stats.batches += 1
         stats.batched += len(batch)
         stats.largest_batch = max(stats.largest_batch, len(batch))
-        pipe = self._pipeline()
-        for args, options, _ in batch:
-            pipe.execute_command(*args, **options)
+        if self._check_first:
+            batch = self._sendable(batch)
+            if not batch:
+                return
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await self._execute(batch)
+            except Exception:
+                if self._check_first:
+                    raise
+                sendable = self._sendable(batch)
+                if len(sendable) == len(batch):
+                    raise
+                # Packing failed on some callers' arguments, before anything was
+                # sent: each of them has its own error, and the rest go out now.
+                batch = sendable
+                replies = await self._execute(batch) if batch else []
         except Exception as exc:
             stats.failed_batches += 1
             _fail(batch, exc)
@@ -216,6 +239,74 @@ class _Batches:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        pipe = self._pipeline()
+        for args, options, _ in batch:
+            pipe.execute_command(*args, **options)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def _sendable(self, batch: list[_Call]) -> list[_Call]:
+        """The calls of *batch* whose arguments encode; the others' callers get the error."""
+        encode = self._encode
+        sendable = []
+        for call in batch:
+            try:
+                for arg in call[0]:
+                    encode(arg)
+            except Exception as exc:
+                if not call[2].done():
+                    call[2].set_exception(exc)
+            else:
+                sendable.append(call)
+        return sendable
+
+
+class _GuardedCallbacks:
+    """A client's reply callbacks, each returning its exception rather than raising it.
+
+    redis-py's pipeline stops reading replies at the first callback that raises
+    anything but a ``ResponseError``: every later caller of the batch would get that
+    caller's exception, and their replies would stay unread on a connection that
+    goes back to the pool, to be read as the replies of later commands. Returned,
+    the exception goes to its own caller like an error reply.
+    """
+
+    __slots__ = ("_callbacks", "_guarded")
+
+    def __init__(self, callbacks: Mapping[Any, Any]) -> None:
+        self._callbacks = callbacks
+        self._guarded: dict[Any, Callable[..., Any]] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._callbacks
+
+    def __getitem__(self, name: Any) -> Callable[..., Any]:
+        callback = self._callbacks[name]
+        guarded = self._guarded.get(callback)
+        if guarded is None:
+            if len(self._guarded) >= 4096:  # callbacks are few; never grow without bound
+                self._guarded.clear()
+            guarded = self._guarded[callback] = partial(_returning_errors, callback)
+        return guarded
+
+
+def _returning_errors(callback: Callable[..., Any], response: Any, **options: Any) -> Any:
+    try:
+        result = callback(response, **options)
+    except Exception as exc:
+        return exc
+    if inspect.isawaitable(result):
+        return _awaited_returning_errors(result)
+    return result
+
+
+async def _awaited_returning_errors(result: Awaitable[Any]) -> Any:
+    try:
+        return await result
+    except Exception as exc:
+        return exc
 
 
 class _Batching:
@@ -247,15 +338,23 @@ class _AutoPipelined(_Batching, Redis):  # type: ignore[misc]  # redis-py's own 
         super().__init__(connection_pool=client.connection_pool)
         self.response_callbacks = client.response_callbacks
         short = direct(client)
+        self._guarded = _GuardedCallbacks(self.response_callbacks)
         self.batches = _Batches(
             partial(Redis.execute_command, self),
-            partial(self.pipeline, transaction=False),
+            self._batch_pipeline,
             concurrency=concurrency,
             max_batch=max_batch,
             short=short,
             callbacks=self.response_callbacks,
+            encode=self.get_encoder().encode,  # type: ignore[no-untyped-call]
         )
         self._send_unparsed = None if short is None else self.batches.send_unparsed
+
+    def _batch_pipeline(self) -> Pipeline:
+        """A non-transactional pipeline whose reply callbacks fail only their own caller."""
+        pipe = self.pipeline(transaction=False)
+        pipe.response_callbacks = self._guarded  # type: ignore[assignment]
+        return pipe
 
 
 class _AutoPipelinedCluster(_Batching, RedisCluster):  # type: ignore[misc]  # as above
@@ -275,6 +374,8 @@ class _AutoPipelinedCluster(_Batching, RedisCluster):  # type: ignore[misc]  # a
             client.pipeline,
             concurrency=concurrency,
             max_batch=max_batch,
+            encode=client.get_encoder().encode,
+            check_first=True,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -350,8 +451,10 @@ def autopipeline(
     run directly, as do ``pipeline()`` and ``pubsub()``. On a cluster client a batch
     is a cluster pipeline: split by node, with MOVED and ASK followed.
 
-    Commands from different tasks keep the order they were issued in; a task that
-    awaits each command sees them run in its own order. A batch that meets a
+    A task that awaits each command sees them run in its own order. Commands in
+    flight at once, from different tasks or cancelled and still queued, may reach
+    the server in any order, as on the plain pool: a command alone and a batch go
+    out on different connections. A batch that meets a
     connection error is retried as a whole, under the client's retry policy, so a
     write in it may run twice, as a retried single command may.
 

@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aioredis_patterns import (
@@ -49,6 +49,14 @@ async def gather(*calls: Any) -> list[Any]:
         for i in range(len(calls)):
             tg.start_soon(one, i)
     return results
+
+
+def whole(score: Any) -> int:
+    """A caller's strict score cast: raises ValueError for a score that is not whole."""
+    value = float(score)
+    if not value.is_integer():
+        raise ValueError(f"score {score!r} is not whole")
+    return int(value)
 
 
 class TestBatching:
@@ -232,6 +240,81 @@ class TestBatching:
         assert piped.stats.direct == direct_before + 1
         assert piped.stats.batched == 7
         assert await redis.get("raw:a") == b"1"
+
+
+class TestIsolation:
+    async def test_an_unencodable_argument_fails_only_its_own_caller(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A None argument in a batch raises DataError for its caller; the rest are answered."""
+        client = await connect(redis_server.url)
+        try:
+            async with autopipeline(client) as piped:
+                replies = await gather(
+                    piped.set("iso:first", 1),  # runs directly, so the rest batch
+                    piped.set("iso:a", "a"),
+                    piped.set("iso:bad", None),  # type: ignore[arg-type]
+                    piped.set("iso:b", "b"),
+                    piped.incr("iso:n"),
+                )
+            assert piped.stats.batched == 4
+            assert isinstance(replies[2], DataError)
+            assert [replies[0], replies[1], replies[3], replies[4]] == [True, True, True, 1]
+            assert await client.mget("iso:a", "iso:b") == [b"a", b"b"]
+        finally:
+            await client.aclose()
+
+    async def test_a_failing_reply_callback_fails_only_its_own_caller(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A caller's reply parser raising in a batch fails that caller; the rest are answered."""
+        client = await connect(redis_server.url)
+        try:
+            await client.zadd("iso:z", {"m": 1.5})
+            async with autopipeline(client) as piped:
+                replies = await gather(
+                    piped.set("iso:first", 1),  # runs directly, so the rest batch
+                    piped.zrange("iso:z", 0, -1, withscores=True, score_cast_func=whole),
+                    piped.set("iso:a", "a"),
+                    piped.incr("iso:n"),
+                )
+            assert isinstance(replies[1], ValueError)
+            assert [replies[0], replies[2], replies[3]] == [True, True, 1]
+        finally:
+            await client.aclose()
+
+    async def test_a_failing_reply_callback_leaves_no_reply_unread(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A reply parser failing in a batch leaves no reply behind it to be read as another's."""
+        client = await connect(redis_server.url, max_connections=1)
+        slow = "for i = 1, 40000000 do end return 'slow'"  # ~0.3 s of server time
+        try:
+            await client.zadd("iso:z", {"m": 1.5})
+            async with autopipeline(client) as piped:
+                await gather(
+                    piped.set("iso:first", 1),  # runs directly, so the rest batch
+                    piped.zrange("iso:z", 0, -1, withscores=True, score_cast_func=whole),
+                    piped.eval(slow, 0),
+                )
+                assert await piped.echo("mine") == b"mine"
+                assert await piped.get("iso:first") == b"1"
+        finally:
+            await client.aclose()
+
+    async def test_on_a_cluster_an_unencodable_argument_fails_only_its_own_caller(
+        self, redis_cluster: RedisCluster
+    ) -> None:
+        """On a cluster, a None argument fails its caller alone; the others are answered."""
+        keys = [f"iso:{i}" for i in range(12)]
+        async with autopipeline(redis_cluster) as piped:
+            replies = await gather(
+                piped.set("iso:first", 1),  # runs directly, so the rest batch
+                *(piped.set(k, None if i == 5 else "v") for i, k in enumerate(keys)),  # type: ignore[arg-type]
+            )
+        assert isinstance(replies[6], DataError)
+        assert replies[:6] + replies[7:] == [True] * 12
+        assert [await redis_cluster.get(k) for k in keys] == [b"v"] * 5 + [None] + [b"v"] * 6
 
 
 class TestFaults:
