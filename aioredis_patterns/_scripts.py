@@ -7,6 +7,7 @@ pattern object built on that client, so the scripts are loaded once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import weakref
@@ -75,13 +76,18 @@ class Script:
     sha: str
     read_only: bool
     command: str
-    """``EVALSHA``, or ``EVALSHA_RO`` for a read-only script."""
+    """``EVALSHA``, or ``EVALSHA_RO`` for a read-only script (except on a cluster client
+    reading from primaries only: see :meth:`ScriptBook.register`)."""
     fallback: str
     """``EVAL``, or ``EVAL_RO`` for a read-only script: sent on NOSCRIPT and in pipelines."""
 
     @classmethod
-    def from_source(cls, name: str, source: str) -> Script:
-        sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    def from_source(cls, name: str, source: str, *, encoding: str = "utf-8") -> Script:
+        """The script *source*, whose SHA1 is that of the bytes a client sends.
+
+        *encoding* is the client's: the server hashes the source as it arrives.
+        """
+        sha = hashlib.sha1(source.encode(encoding), usedforsecurity=False).hexdigest()
         first_line = source.lstrip().split("\n", 1)[0]
         read_only = first_line.startswith("#!lua") and "no-writes" in first_line
         suffix = "_RO" if read_only else ""
@@ -139,7 +145,35 @@ def _builtin_sources() -> dict[str, str]:
 
 
 _BUILTINS: dict[str, str] = _builtin_sources()
+_BOOK_ATTRIBUTE = "_aioredis_patterns_script_book"
+"""Where a client keeps its shared book: the book refers to the client, so a client
+and its book are a cycle the garbage collector frees together. (A weak-keyed map
+from client to book never let either go: its value kept its key alive.)"""
+
 _BOOKS: weakref.WeakKeyDictionary[Any, ScriptBook] = weakref.WeakKeyDictionary()
+"""Books of client-like objects without an instance ``__dict__`` (kept while they live)."""
+
+
+def _text_encoding(client: Any) -> str:
+    """The encoding *client* sends text in (UTF-8 unless it was made with another)."""
+    try:
+        encoding = client.get_encoder().encoding
+    except Exception:  # a client-like object without redis-py's encoder
+        return "utf-8"
+    return encoding if isinstance(encoding, str) else "utf-8"
+
+
+def _read_only_by_keys(client: Any) -> bool:
+    """Whether a read-only script on cluster *client* is better sent as EVALSHA/EVAL.
+
+    redis-py routes EVALSHA and EVAL by their KEYS itself, but for EVALSHA_RO and
+    EVAL_RO it asks a node with COMMAND GETKEYS, twice per call, and cannot route
+    one with no keys at all. The _RO forms only matter where reads may go to
+    replicas; a ``no-writes`` script is refused writes under EVALSHA too.
+    """
+    return not getattr(client, "read_from_replicas", False) and (
+        getattr(client, "load_balancing_strategy", None) is None
+    )
 
 
 def _is_noscript(exc: ResponseError) -> bool:
@@ -161,6 +195,8 @@ class ScriptBook:
     def __init__(self, client: Any, *, builtins: bool = True) -> None:
         self._client = client
         self._cluster = is_cluster(client)
+        self._encoding = _text_encoding(client)
+        self._read_only_as_plain = self._cluster and _read_only_by_keys(client)
         # on a pooled connection of its own where that loses nothing (see _fastpath)
         self._send = sender(client)
         self._scripts: dict[str, Script] = {}
@@ -172,9 +208,20 @@ class ScriptBook:
     @classmethod
     def for_client(cls, client: Any) -> ScriptBook:
         """The one book shared by every pattern on *client*, made on first use."""
-        book = _BOOKS.get(client)
+        try:
+            # the instance's own dict: a proxying client's __getattr__ is not asked
+            attributes = vars(client)
+        except TypeError:
+            attributes = None
+        book: ScriptBook | None
+        if attributes is None:
+            book = _BOOKS.get(client)
+            if book is None:
+                book = _BOOKS[client] = cls(client)
+            return book
+        book = attributes.get(_BOOK_ATTRIBUTE)
         if book is None:
-            book = _BOOKS[client] = cls(client)
+            book = attributes[_BOOK_ATTRIBUTE] = cls(client)
         return book
 
     @property
@@ -186,9 +233,16 @@ class ScriptBook:
         """Add a script under *name* (replacing nothing: a name is registered once).
 
         A first line ``#!lua flags=no-writes`` marks the script read-only; it then
-        runs with EVALSHA_RO, which replicas accept.
+        runs with EVALSHA_RO, which replicas accept (on a cluster client that reads
+        from primaries only, with EVALSHA, which redis-py routes by the keys alone).
+
+        Raises:
+            ValueError: another source is registered under *name*, or *source* has
+                text the client's encoding cannot send.
         """
-        script = Script.from_source(name, source)
+        script = Script.from_source(name, source, encoding=self._encoding)
+        if script.read_only and self._read_only_as_plain:
+            script = dataclasses.replace(script, command="EVALSHA", fallback="EVAL")
         known = self._scripts.get(name)
         if known is not None and known.sha != script.sha:
             raise ValueError(f"a different script is already registered as {name!r}")

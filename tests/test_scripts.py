@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 from collections.abc import Callable
 
 import anyio
@@ -11,6 +13,9 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import DataError, OutOfMemoryError
 
 from aioredis_patterns import (
+    AsyncCache,
+    AsyncLock,
+    AsyncRateLimiter,
     AtomicOps,
     InsufficientStock,
     InvalidArgument,
@@ -28,6 +33,17 @@ from tests.conftest import command_calls
 from ._helpers import client_of_full_server, fill_until_refused
 
 SCRIPT_COMMANDS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "script|load")
+
+
+async def cluster_calls(cluster: RedisCluster) -> dict[str, int]:
+    """INFO commandstats call counts summed over every node of *cluster*."""
+    stats = await cluster.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
+    total: dict[str, int] = {}
+    for node in stats.values():
+        for name, fields in node.items():
+            if name.startswith("cmdstat_"):
+                total[name] = total.get(name, 0) + int(fields["calls"])
+    return total
 
 
 class Oops(Exception):
@@ -329,3 +345,74 @@ class TestDerivedKeys:
         """A key with braces but no usable tag raises InvalidArgument rather than mis-slotting."""
         with pytest.raises(InvalidArgument, match="no \\{hash tag\\}"):
             derived_key(key, ":meta")
+
+
+class TestEncoding:
+    async def test_a_non_ascii_script_loads_and_runs_by_sha_on_a_latin1_client(
+        self, redis_url: str
+    ) -> None:
+        """On a latin-1 client a non-ASCII script loads with a matching SHA and runs by SHA."""
+        client = await connect(redis_url, encoding="latin-1")
+        try:
+            book = ScriptBook(client, builtins=False)
+            book.register("greet", "return 'caf\u00e9'")
+            await book.load_all()
+            before = await command_calls(client, "evalsha", "eval")
+            assert await book.run("greet") == b"caf\xe9"
+            after = await command_calls(client, "evalsha", "eval")
+            assert (after["evalsha"] - before["evalsha"], after["eval"] - before["eval"]) == (1, 0)
+            assert book.stats.eval_fallbacks == 0
+        finally:
+            await client.aclose()
+
+
+class TestReadOnlyOnCluster:
+    async def test_a_read_only_script_on_a_cluster_sends_no_command_getkeys(
+        self, redis_cluster: RedisCluster
+    ) -> None:
+        """A rate-limit peek on a cluster is one script command, without COMMAND GETKEYS first."""
+        limiter = AsyncRateLimiter(redis_cluster, limit=5, window=60)
+        await ScriptBook.for_client(redis_cluster).load_all()
+        assert (await limiter.allow("user:1")).allowed
+        before = await cluster_calls(redis_cluster)
+        result = await limiter.peek("user:1")
+        after = await cluster_calls(redis_cluster)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        assert result.remaining == 4
+        assert delta.get("cmdstat_command|getkeys", 0) == 0
+        scripts = ("cmdstat_evalsha", "cmdstat_evalsha_ro", "cmdstat_eval", "cmdstat_eval_ro")
+        assert sum(delta.get(k, 0) for k in scripts) == 1
+
+    async def test_a_read_only_script_without_keys_runs_on_a_cluster(
+        self, redis_cluster: RedisCluster
+    ) -> None:
+        """A no-writes script that takes no keys runs on a cluster client, as a writing one does."""
+        book = ScriptBook(redis_cluster, builtins=False)
+        book.register("answer", "return 42")
+        book.register("answer_ro", "#!lua flags=no-writes\nreturn 42")
+        assert await book.run("answer") == 42
+        assert await book.run("answer_ro") == 42
+        assert await book.run("answer_ro") == 42
+
+
+class TestLifetime:
+    async def test_a_closed_and_dropped_client_is_freed(self, redis_server: RedisServer) -> None:
+        """A connect() client, used by every pattern, closed and dropped, is garbage-collected."""
+        client = await connect(redis_server.url)
+        await client.set("res:k", "v")
+        async with AsyncLock(client, "res:lock", ttl=5):
+            pass
+        await AsyncCache(client, namespace="res:c:").get_or_load("k", _load_one)
+        await AsyncRateLimiter(client, limit=5, window=1).allow("res")
+        await AtomicOps(client).increment_with_limit("res:n", 1, 5)
+        async with autopipeline(client) as piped:
+            await piped.get("res:k")
+        freed = weakref.ref(client)
+        await client.aclose()
+        del client, piped
+        gc.collect()
+        assert freed() is None
+
+
+async def _load_one() -> int:
+    return 1
