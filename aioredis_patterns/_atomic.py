@@ -92,8 +92,8 @@ class AtomicOps:
             NotAnInteger: *key* holds something other than an integer.
         """
         non_empty_str(key, "key")
-        positive_int(amount, "amount")
-        positive_int(limit, "limit")
+        amount = positive_int(amount, "amount")
+        limit = positive_int(limit, "limit")
         ttl_ms = 0 if ttl is None else to_milliseconds(ttl, "ttl")
         result: int = await self._book.run("increment_with_limit", (key,), (amount, limit, ttl_ms))
         return result
@@ -114,7 +114,7 @@ class AtomicOps:
             InvalidArgument: the *idempotency_key* was used with another quantity.
         """
         non_empty_str(key, "key")
-        positive_int(quantity, "quantity")
+        quantity = positive_int(quantity, "quantity")
         keys = [key, *self._record_key(key, idempotency_key)]
         result: int = await self._book.run(
             "deduct_inventory", keys, (quantity, self._idempotency_ttl_ms)
@@ -139,7 +139,7 @@ class AtomicOps:
         """
         non_empty_str(from_key, "from_key")
         non_empty_str(to_key, "to_key")
-        positive_int(amount, "amount")
+        amount = positive_int(amount, "amount")
         if from_key == to_key:
             raise InvalidArgument("transfer needs two different keys")
         keys = [from_key, to_key, *self._record_key(from_key, idempotency_key)]

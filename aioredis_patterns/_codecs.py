@@ -95,13 +95,16 @@ def resolve_codec(codec: Any) -> WireCodec:
     """The codec for *codec*: ``None``, a serializer name, a Codec or a Serializer.
 
     Raises:
-        InvalidArgument: an unknown name or an object with neither ``encode``/``decode``
-            nor ``dumps``/``loads``.
+        InvalidArgument: an unknown name, a class instead of an instance, or an object
+            with neither ``encode``/``decode`` nor ``dumps``/``loads``.
     """
     if codec is None:
         return _Raw()
     if isinstance(codec, str):
         return _FromSerializer(resolve_serializer(codec))
+    if isinstance(codec, type):
+        # A class has encode/decode (or dumps/loads) too, as functions waiting for self.
+        raise InvalidArgument(f"codec must be an instance, e.g. {codec.__name__}(), not the class")
     if isinstance(codec, Codec):
         return _Checked(codec)
     if isinstance(codec, Serializer):

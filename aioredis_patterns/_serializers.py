@@ -94,7 +94,8 @@ class MsgpackSerializer:
     """MessagePack, smaller and faster than JSON; needs the ``msgpack`` extra.
 
     Install it with ``pip install 'aioredis_patterns[msgpack]'``. Strings and bytes
-    stay distinct; tuples come back as lists.
+    stay distinct; tuples come back as lists. Dict keys of any scalar type (``int``,
+    ``float``, ``None``) come back as they went in.
 
     Raises:
         ModuleNotFoundError: msgpack is not installed (raised when constructed).
@@ -123,7 +124,9 @@ class MsgpackSerializer:
 
     def loads(self, data: bytes) -> Any:
         """Decode msgpack bytes."""
-        return self._unpackb(data, raw=False)
+        # strict_map_key=False: msgpack's default refuses the non-str keys that dumps
+        # writes ({1: "a"}), so such a value would be a miss on every read.
+        return self._unpackb(data, raw=False, strict_map_key=False)
 
     def __repr__(self) -> str:
         return "MsgpackSerializer()"
@@ -165,7 +168,8 @@ def resolve_serializer(serializer: str | Serializer) -> Serializer:
     """The serializer named ``"json"``, ``"msgpack"`` or ``"pickle"``, or *serializer* itself.
 
     Raises:
-        InvalidArgument: an unknown name, or an object without ``dumps``/``loads``.
+        InvalidArgument: an unknown name, a class instead of an instance, or an object
+            without ``dumps``/``loads``.
         ModuleNotFoundError: ``"msgpack"`` without the msgpack package.
     """
     if isinstance(serializer, str):
@@ -174,6 +178,11 @@ def resolve_serializer(serializer: str | Serializer) -> Serializer:
             names = ", ".join(repr(n) for n in _BY_NAME)
             raise InvalidArgument(f"unknown serializer {serializer!r}; choose one of {names}")
         return factory()
+    if isinstance(serializer, type):
+        # A class has dumps and loads too, as functions still waiting for self.
+        raise InvalidArgument(
+            f"serializer must be an instance, e.g. {serializer.__name__}(), not the class"
+        )
     if not isinstance(serializer, Serializer):
         raise InvalidArgument(
             "serializer must be a name or have dumps() and loads(), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from aioredis_patterns import (
+    AsyncLock,
     AtomicOps,
     CrossSlotKeys,
     InsufficientBalance,
@@ -20,6 +22,7 @@ from aioredis_patterns import (
     LimitExceeded,
     NotAnInteger,
     ScriptBook,
+    connect,
 )
 
 BAD_AMOUNTS: list[Any] = [
@@ -36,6 +39,11 @@ BAD_AMOUNTS: list[Any] = [
     None,
     2**53,
 ]
+
+
+class Quantity(enum.IntEnum):
+    ONE = 1
+    TWO = 2
 
 
 async def snapshot(client: Redis | RedisCluster, *keys: str) -> dict[str, Any]:
@@ -391,6 +399,47 @@ class TestBadInput:
         after = (await redis.info("stats"))["total_commands_processed"]
         assert after == before + 1  # the first INFO itself
         assert await redis.dbsize() == 0
+
+    async def test_durations_too_large_for_a_float_raise_invalid_argument(
+        self, redis: Redis
+    ) -> None:
+        """An int duration past a float's range raises InvalidArgument, not OverflowError."""
+        with pytest.raises(InvalidArgument):
+            AtomicOps(redis, idempotency_ttl=10**400)
+        with pytest.raises(InvalidArgument):
+            await AtomicOps(redis).increment_with_limit("k", 1, 10, ttl=10**400)
+        with pytest.raises(InvalidArgument):
+            AsyncLock(redis, "job", ttl=10**400)
+        assert await redis.dbsize() == 0
+
+    async def test_amounts_with_thousands_of_digits_raise_invalid_argument(
+        self, redis: Redis
+    ) -> None:
+        """An amount past Python's int-to-text limit raises InvalidArgument, not ValueError."""
+        ops = AtomicOps(redis)
+        with pytest.raises(InvalidArgument, match="amount"):
+            await ops.increment_with_limit("k", 10**5000, 10)
+        with pytest.raises(InvalidArgument, match="ttl"):
+            await ops.increment_with_limit("k", 1, 10, ttl=10**5000)
+        assert await redis.dbsize() == 0
+
+    async def test_int_enum_amounts_are_applied_as_their_integer(self, redis_url: str) -> None:
+        """An IntEnum amount passes validation and is applied, not refused by the Lua script."""
+        for client in (Redis.from_url(redis_url), await connect(redis_url, encoding="latin-1")):
+            try:
+                ops = AtomicOps(client)
+                await client.delete("stock", "counter", "from", "to")
+                await client.set("stock", 5)
+                await client.set("from", 5)
+                assert await ops.increment_with_limit("counter", Quantity.TWO, 10) == 2
+                with pytest.raises(LimitExceeded) as caught:
+                    await ops.increment_with_limit("counter", 1, Quantity.TWO)
+                assert (caught.value.current, caught.value.limit) == (2, 2)
+                assert await ops.deduct_inventory("stock", Quantity.TWO, idempotency_key="o") == 3
+                assert await ops.deduct_inventory("stock", Quantity.TWO, idempotency_key="o") == 3
+                assert await ops.transfer("from", "to", Quantity.ONE) == (4, 1)
+            finally:
+                await client.aclose()
 
 
 class TestCluster:

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from aioredis_patterns import (
     AsyncCache,
+    AsyncPubSub,
     InvalidArgument,
     JsonSerializer,
     MsgpackSerializer,
@@ -139,6 +140,15 @@ class TestChoosing:
         with pytest.raises(InvalidArgument):
             resolve_serializer(object())  # type: ignore[arg-type]
 
+    async def test_a_serializer_class_instead_of_an_instance_is_refused(self, redis: Redis) -> None:
+        """Passing JsonSerializer (the class) raises InvalidArgument, not a miss on every read."""
+        with pytest.raises(InvalidArgument, match="instance"):
+            AsyncCache(redis, serializer=JsonSerializer)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="instance"):
+            AsyncPubSub(redis, codec=MsgpackSerializer)
+        await redis.set("k", b'{"a":1}')
+        assert await AsyncCache(redis, serializer=JsonSerializer()).get("k") == {"a": 1}
+
 
 class TestThroughRedis:
     @pytest.mark.parametrize("name", ["json", "msgpack", "pickle"])
@@ -176,3 +186,12 @@ class TestThroughRedis:
         await AsyncCache(redis, namespace="x:", serializer="msgpack").set("k", {"a": 1})
         assert await AsyncCache(redis, namespace="x:").get("k", MISSING) is MISSING
         assert "does not decode" in caplog.text
+
+    async def test_a_dict_with_int_keys_is_read_back_from_the_cache(self, redis: Redis) -> None:
+        """A msgpack cache returns the int-keyed dict it stored, instead of a miss on every read."""
+        cache = AsyncCache(redis, namespace="m:", serializer="msgpack")
+        value: dict[Any, str] = {1: "one", 2: "two", None: "none", 1.5: "half"}
+        await cache.set("k", value)
+        assert await redis.exists("m:k") == 1
+        assert await cache.get("k", "miss") == value
+        assert (cache.stats.hits, cache.stats.misses) == (1, 0)
