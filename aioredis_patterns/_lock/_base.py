@@ -295,10 +295,18 @@ class Holder(ABC):
         lease = self._lease
         if lease is None:
             raise LockError(f"lock {self._name!r} is not held by this instance")
-        held = await self._release_token(lease.token)
-        self._lease = None
-        if self._tg is not None:
+        watched = self._tg is not None
+        if watched:
+            # Stop the watchdog before the release is sent: an extend of its that the
+            # server runs after our DEL would answer 0, a loss that never happened.
             self._stop_watching()
+        try:
+            held = await self._release_token(lease.token)
+        except BaseException:
+            if watched and self._tg is not None and self._lease is lease:
+                self._arm_watchdog()  # still held, as far as we know: watch it again
+            raise
+        self._lease = None
         if not held:
             self._note_loss("release found the lock already gone")
         return held

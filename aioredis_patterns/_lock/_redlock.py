@@ -251,11 +251,26 @@ class AsyncRedlock(Holder):
         )
 
     async def _release_token(self, token: str) -> bool:
-        return await self._release_nodes(token, range(len(self._clients))) >= self._quorum
+        answers = await self._release_answers(token, range(len(self._clients)))
+        if sum(1 for answer in answers if answer == 1) >= self._quorum:
+            return True
+        if sum(1 for answer in answers if answer == 0) > len(self._clients) - self._quorum:
+            return False  # too few nodes still held it for a quorum: it was lost
+        # Too few nodes answered to tell: that is no loss, and the release may be retried.
+        errors = [answer for answer in answers if isinstance(answer, BaseException)]
+        if errors:
+            raise errors[0]
+        raise TimeoutError(f"releasing lock {self._name!r}: too few nodes answered")
 
     async def _release_nodes(self, token: str, nodes: Sequence[int]) -> int:
         """Compare-and-delete on *nodes*; how many still held *token*."""
-        answers = await self._on_nodes(
+        return sum(1 for answer in await self._release_answers(token, nodes) if answer == 1)
+
+    async def _release_answers(
+        self, token: str, nodes: Sequence[int]
+    ) -> list[Any | BaseException | _NoAnswer]:
+        """Compare-and-delete on *nodes*; each node's answer (1 held, 0 not), error or NO_ANSWER."""
+        return await self._on_nodes(
             lambda _c, book: book.run(
                 "lock_release",
                 (self._key, self._waiter_key, self._signal_key),
@@ -264,7 +279,6 @@ class AsyncRedlock(Holder):
             nodes,
             node_timeout=min(self._node_timeout, RELEASE_NODE_TIMEOUT),
         )
-        return sum(1 for answer in answers if answer == 1)
 
     async def _wait_signal(self, seconds: float) -> bool:
         # Releases signal on every node where a waiter's failed acquire left its flag,

@@ -273,6 +273,8 @@ class Watchdog:
             delay = min(delay * 2, self._interval)
 
     def _lose(self, reason: str, error: BaseException | None = None) -> None:
+        if self._stopped:
+            return  # the holder released or is leaving: an answer that comes now decides nothing
         self.lost = True
         self.error = error
         self._stats.losses += 1
