@@ -36,7 +36,7 @@ class Flight:
         self.landed = False
         """Set by :meth:`land`: the flight is over, whatever its outcome."""
         self.result: Any = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         self.traceback: TracebackType | None = None
         self.abandoned = False
         """Set when the load was cancelled: waiters start over, one of them as leader."""
@@ -59,7 +59,7 @@ class Flight:
         if self._done is not None:
             self._done.set()
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: BaseException) -> None:
         self.error = exc
         self.traceback = exc.__traceback__
 
