@@ -54,10 +54,13 @@ LOOP_SENSITIVE_TESTS = [
     "tests/test_round_trips.py",
     "tests/test_autopipeline.py",
     "tests/test_cache.py",
+    "tests/test_cache_loader_errors.py",
     "tests/test_lock.py",
+    "tests/test_lock_release.py",
     "tests/test_redlock.py",
     "tests/test_semaphore.py",
     "tests/test_pubsub.py",
+    "tests/test_pubsub_edges.py",
     "tests/test_streams.py",
 ]
 

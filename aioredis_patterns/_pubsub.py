@@ -10,6 +10,7 @@ task is the only one that reads the socket.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -163,6 +164,17 @@ class _Delivery:
     pattern: bytes | None
     data: bytes
     handler: MessageHandler | None
+
+
+def _being_cancelled() -> bool:
+    """True unless the current task certainly has no cancellation request pending.
+
+    ``Task.cancelling()`` (Python 3.11+) counts the requests; on 3.10 every
+    ``CancelledError`` is taken for one.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 class _Move(Exception):
@@ -489,6 +501,9 @@ class AsyncPubSub(ConsumerRuntime):
                 if not self._nodes.serves(shard_slot):
                     alone = not any(self._subscriptions.values())
                     move = _Move(f"moving to the node of shard slot {shard_slot}", lossless=alone)
+            # A refused command changes nothing in Redis: what it named that was
+            # subscribed before stays subscribed, with its handler.
+            previous = {name: subscriptions[name] for name in raw if name in subscriptions}
             if subscribe:
                 for name in raw:
                     subscriptions[name] = handler
@@ -515,7 +530,11 @@ class AsyncPubSub(ConsumerRuntime):
             if command.error is not None:
                 if subscribe:
                     for name in raw:
-                        if subscriptions.get(name, ...) is handler:
+                        if subscriptions.get(name, ...) is not handler:
+                            continue  # changed meanwhile by another call
+                        if name in previous:
+                            subscriptions[name] = previous[name]
+                        else:
                             del subscriptions[name]
                 verb = spec.subscribe if subscribe else spec.unsubscribe
                 raise PubSubError(f"{verb} refused by Redis: {command.error}") from command.error
@@ -699,6 +718,11 @@ class AsyncPubSub(ConsumerRuntime):
         interval = self._health_check_interval
         idle = 0
         while True:
+            # A reply that had to come in over the network was sent just now: all
+            # published before it has been read. One read from a backlog (a reader
+            # held up by a full "block" queue) may be old, and what Redis still
+            # holds behind it is lost with the connection, so it moves no Gap.since.
+            fresh = not await conn.can_read()
             try:
                 response = await conn.read_response(
                     disable_decoding=True,
@@ -725,7 +749,8 @@ class AsyncPubSub(ConsumerRuntime):
                 await self._ping()
                 continue
             idle = 0
-            self._last_alive = time.time()
+            if fresh:
+                self._last_alive = time.time()
             await self._dispatch(response)
 
     async def _ping(self) -> None:
@@ -957,7 +982,13 @@ class AsyncPubSub(ConsumerRuntime):
             except Exception:
                 self._handler_errors += 1
                 logger.exception("AsyncPubSub handler for %r raised", message.channel)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) and not _being_cancelled():
+                    # The handler's own (it awaited something cancelled elsewhere), not
+                    # the worker's: re-raised, it would cancel the whole task group.
+                    self._handler_errors += 1
+                    logger.exception("AsyncPubSub handler for %r raised", message.channel)
+                    continue
                 self._cancelled_in_handler += 1
                 raise
             else:
