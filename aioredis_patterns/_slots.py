@@ -38,7 +38,8 @@ def check_same_slot(client: Any, keys: Sequence[str | bytes]) -> None:
         raise CrossSlotKeys(keys)
 
 
-def _has_tag(key: str) -> bool:
+def has_hash_tag(key: str) -> bool:
+    """True when Redis Cluster hashes *key* by a ``{tag}``: a non-empty one, the first."""
     start = key.find("{")
     return start > -1 and key.find("}", start + 1) > start + 1
 
@@ -54,7 +55,7 @@ def derived_key(key: str, suffix: str) -> str:
         InvalidArgument: *key* has a ``}`` but no non-empty tag (``"a{}b"``): Redis
             hashes it whole, and no key with a suffix can land in its slot.
     """
-    if _has_tag(key):
+    if has_hash_tag(key):
         return key + suffix
     if "}" in key:
         raise InvalidArgument(

@@ -1411,12 +1411,40 @@ class TestDecorator:
             b=1,
         )
         assert a == b
-        assert cache.key_for(search, datetime.date(2024, 1, 2)).endswith(
-            'search:[[date("2024-01-02")],{}]'
+        assert cache.key_for(search, datetime.date(2024, 1, 2), k=1).endswith(
+            'search:[[date("2024-01-02")],{"k":1}]'
         )
         long_key = cache.key_for(search, "x" * 500)
         assert "sha256:" in long_key
         assert len(long_key) < 200
+
+    async def test_arguments_whose_braces_make_no_hash_tag_are_hashed_and_cached(
+        self, make_cache: Callable[..., AsyncCache], redis
+    ):
+        """Derived keys with "{}" (empty **kwargs) or a lone "}" are hashed, so the calls work."""
+        cache = make_cache(namespace="br:")
+        calls: list[Any] = []
+
+        @cache.cached()
+        async def search(term: str, **filters: Any) -> str:
+            calls.append(term)
+            return term
+
+        @cache.cached()
+        async def echo(value: Any) -> Any:
+            calls.append(value)
+            return value
+
+        for _ in range(2):
+            assert await search("a") == "a"
+            assert await echo({}) == {}
+            assert await echo("}") == "}"
+        assert calls == ["a", {}, "}"]
+        keys = [cache.key_for(search, "a"), cache.key_for(echo, {}), cache.key_for(echo, "}")]
+        assert all("sha256:" in key and "}" not in key for key in keys)
+        assert len(set(keys)) == 3
+        assert await redis.exists(*("br:" + key for key in keys)) == 3
+        assert cache.key_for(echo, {"k": 1}).endswith('echo:[{"k":1}]')  # a real tag: kept
 
     async def test_arguments_of_different_types_get_different_keys(
         self, make_cache: Callable[..., AsyncCache]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import InvalidArgument
+from .._slots import has_hash_tag
 
 __all__ = ["KeyBuilder", "key_builder"]
 
@@ -28,7 +29,8 @@ KeyBuilder = Callable[..., str]
 """Called with a decorated function's arguments; returns its cache key (no namespace)."""
 
 MAX_ARGS_TEXT = 200
-"""Argument text longer than this is replaced by its SHA-256, so keys stay short."""
+"""Argument text longer than this is replaced by its SHA-256, so keys stay short (as is
+text whose braces make no cluster hash tag, such as an empty ``{}``)."""
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -148,9 +150,12 @@ def key_builder(fn: Callable[..., Any], key: str | KeyBuilder | None) -> KeyBuil
             raise InvalidArgument(
                 f"cannot derive a cache key for {fn.__qualname__}: {exc}; pass key= to cached()"
             ) from exc
-        if len(text) > MAX_ARGS_TEXT:
-            text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-        return prefix + text
+        key = prefix + text
+        # Braces that make no hash tag (an empty dict "{}", a "}" in a string) would
+        # leave the cache no companion key in the key's cluster slot: hashed too.
+        if len(text) > MAX_ARGS_TEXT or ("}" in key and not has_hash_tag(key)):
+            return prefix + "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return key
 
     return derived
 
