@@ -1,4 +1,5 @@
-"""Exception groups from anyio task groups, turned back into the one exception to raise.
+"""Exception groups from anyio task groups, turned back into the one exception to raise,
+and the test that tells a task's cancellation from a CancelledError of user code.
 
 Every background loop (lock watchdog, consumer reader and workers) lives in a task
 group, and a task group reports failures as an ExceptionGroup. Callers must see
@@ -7,6 +8,8 @@ group, and a task group reports failures as an ExceptionGroup. Callers must see
 
 from __future__ import annotations
 
+import asyncio
+import math
 import sys
 
 import anyio
@@ -14,7 +17,7 @@ import anyio
 if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport there
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["first_error"]
+__all__ = ["first_error", "is_cancellation"]
 
 
 def first_error(error: BaseException) -> BaseException:
@@ -34,3 +37,25 @@ def first_error(error: BaseException) -> BaseException:
     cancelled = anyio.get_cancelled_exc_class()
     real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
     return (real or leaves or [error])[0]
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether *exc* cancels the running task, rather than being user code's own outcome.
+
+    Awaiting a future that someone else cancelled raises ``CancelledError`` in a task
+    nobody cancels: that is a loader or handler failing, to be handled like any
+    error. Re-raised in a task group, it would cancel the whole group. A cancel
+    scope in effect or a pending ``Task.cancel()`` means a real cancellation, and so
+    does any ``CancelledError`` where asyncio cannot tell (Python 3.10, which has no
+    ``Task.cancelling()``).
+    """
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0

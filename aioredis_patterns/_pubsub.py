@@ -28,6 +28,7 @@ from ._backoff import Backoff
 from ._codecs import CodecLike, resolve_codec
 from ._consumer import ConsumerRuntime
 from ._exceptions import InvalidArgument, PubSubError, RedisUnavailable
+from ._groups import is_cancellation
 from ._pubsub_nodes import ClusterNodes
 from ._queue import BoundedQueue, Overflow, check_overflow
 from ._slots import check_same_slot, is_cluster, slot_of
@@ -164,17 +165,6 @@ class _Delivery:
     pattern: bytes | None
     data: bytes
     handler: MessageHandler | None
-
-
-def _being_cancelled() -> bool:
-    """True unless the current task certainly has no cancellation request pending.
-
-    ``Task.cancelling()`` (Python 3.11+) counts the requests; on 3.10 every
-    ``CancelledError`` is taken for one.
-    """
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or bool(cancelling())
 
 
 class _Move(Exception):
@@ -983,7 +973,7 @@ class AsyncPubSub(ConsumerRuntime):
                 self._handler_errors += 1
                 logger.exception("AsyncPubSub handler for %r raised", message.channel)
             except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError) and not _being_cancelled():
+                if isinstance(exc, asyncio.CancelledError) and not is_cancellation(exc):
                     # The handler's own (it awaited something cancelled elsewhere), not
                     # the worker's: re-raised, it would cancel the whole task group.
                     self._handler_errors += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
@@ -26,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import InvalidArgument, RedisUnavailable
 from .._fastpath import sender
+from .._groups import is_cancellation
 from .._scripts import ScriptBook
 from .._serializers import Serializer, resolve_serializer
 from .._slots import derived_key, is_cluster
@@ -130,26 +130,6 @@ def _digest(data: bytes | str) -> str:
 def _side_keys(full: str) -> tuple[str, str, str]:
     """The value key and its companions in its cluster slot: load time, lease."""
     return full, derived_key(full, ":meta"), derived_key(full, ":lease")
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    """Whether *exc* cancels the running task, rather than a loader's own outcome.
-
-    Awaiting a future that someone else cancelled raises ``CancelledError`` in a task
-    that nobody cancels; that is the loader failing, to be shared like any error.
-    A cancel scope in effect or a pending ``Task.cancel()`` means a real cancellation
-    (and so does any ``CancelledError`` where asyncio cannot tell: Python 3.10).
-    """
-    if not isinstance(exc, anyio.get_cancelled_exc_class()):
-        return False
-    if anyio.current_effective_deadline() == -math.inf:
-        return True
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not on asyncio
-        return True
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or cancelling() > 0
 
 
 def _kind(reply: Any) -> str:
@@ -689,7 +669,7 @@ class AsyncCache:
         except BaseException as exc:
             # Cancelled: a waiter takes over. Anything else, even a BaseException
             # the loader raised itself, is the outcome every waiter shares.
-            if _is_cancellation(exc):
+            if is_cancellation(exc):
                 flight.abandoned = True
             else:
                 flight.fail(exc)
@@ -720,7 +700,7 @@ class AsyncCache:
                     # Handed to the waiters, never to the task group: raised there, a
                     # loader's own CancelledError or BaseException would cancel the group
                     # and with it the whole `async with cache:` block.
-                    if _is_cancellation(exc):
+                    if is_cancellation(exc):
                         raise
                     flight.fail(exc)
                 completed = True
@@ -845,7 +825,7 @@ class AsyncCache:
         try:
             value = await loader()
         except BaseException as exc:
-            if not _is_cancellation(exc):
+            if not is_cancellation(exc):
                 self.stats.load_errors += 1
             raise
         return value, max(1, round((self._clock() - started) * 1000))
@@ -957,7 +937,7 @@ class AsyncCache:
             # A loader's own CancelledError fails the refresh like an error; raised in
             # a background refresh it would cancel the cache's task group. A real
             # cancellation, or a BaseException such as SystemExit, goes on.
-            own = isinstance(exc, anyio.get_cancelled_exc_class()) and not _is_cancellation(exc)
+            own = isinstance(exc, anyio.get_cancelled_exc_class()) and not is_cancellation(exc)
             if not (own or isinstance(exc, Exception)):
                 raise
             logger.warning(
