@@ -101,6 +101,21 @@ class TestCache:
         assert [await cache.get(k, "gone") for k in keys] == ["gone"] * 3
         assert await redis_cluster.exists(*(f"c:{k}" for k in keys)) == 0
 
+    async def test_set_many_and_get_many_across_slots(self, redis_cluster: RedisCluster) -> None:
+        """set_many writes keys of several primaries with their TTLs; get_many reads them back."""
+        cache = AsyncCache(redis_cluster, namespace="cm:", ttl=30)
+        keys = [f"user:{i}" for i in range(1, 7)]
+        assert_spread(redis_cluster, [f"cm:{k}" for k in keys])
+        await cache.set_many({k: {"n": i} for i, k in enumerate(keys)})
+        assert await cache.get_many([*keys, "user:missing"]) == {
+            k: {"n": i} for i, k in enumerate(keys)
+        }
+        for k in keys:
+            assert 0 < await redis_cluster.pttl(f"cm:{k}") <= 30_000
+        await redis_cluster.set("cm:user:2", b"not json")
+        got = await cache.get_many(keys)
+        assert sorted(got) == [k for k in keys if k != "user:2"]
+
     async def test_lease_and_meta_keys_land_on_the_value_keys_node(
         self, redis_cluster: RedisCluster
     ) -> None:
