@@ -308,9 +308,14 @@ class _LeanConnection(AbstractConnection):
             self._active_read_timeout = None
             deadline.cancel()
         if deadline.expired:
-            # The reply came in as the deadline passed: the stream now holds the
-            # deadline's error and would fail the next read, so the connection goes.
+            # The deadline passed before this task took the reply (the loop was
+            # stalled), and the stream now holds the deadline's error. The read
+            # times out, as redis-py's own timeout would cancel it here; returning
+            # the reply on a dropped connection would fail a pipeline's next read
+            # with a misleading "Connection closed by server".
+            host = self._host_error()
             await self.disconnect(nowait=True)
+            raise RedisTimeoutError(f"Timeout reading from {host}")
         if self.health_check_interval:
             self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval
         if isinstance(response, ResponseError):

@@ -344,7 +344,8 @@ def tls_server(
 
 async def client_and_pid(server: RedisServer, **options: Any) -> tuple[Redis, int]:
     """A ``connect()`` client of *server* that never retries, and the server's pid."""
-    client = await connect(server.url, timeout=5.0, retries=0, **options)
+    # no scripts: a SCRIPT LOAD pipeline could outlast the tests' short socket_timeouts
+    client = await connect(server.url, timeout=5.0, retries=0, load_scripts=False, **options)
     assert server.pid is not None
     return client, server.pid
 
@@ -386,12 +387,11 @@ class TestReadDeadline:
         assert await client.get("deadline:k") == b"v"
         await client.aclose()
 
-    async def test_a_reply_arriving_as_the_deadline_passes_leaves_no_broken_connection(
+    async def test_a_reply_arriving_as_the_deadline_passes_times_out(
         self, redis_server: RedisServer
     ) -> None:
-        """A reply and its deadline due at once: the read answers or times out; the pool works."""
+        """A reply and its deadline due at once: the read times out; the pool works."""
         client, pid = await client_and_pid(redis_server, socket_timeout=0.05, max_connections=1)
-        outcome: object
         async with ping_to_a_stopped_server(client, pid) as connection:
 
             def resume_and_stall() -> None:
@@ -401,15 +401,36 @@ class TestReadDeadline:
                 time.sleep(0.3)
 
             asyncio.get_running_loop().call_soon(resume_and_stall)
-            try:
-                outcome = await connection.read_response()
-            except RedisTimeoutError as exc:
-                outcome = exc
-        # asyncio runs the reply first, uvloop the deadline: either is an answer
-        assert outcome == b"PONG" or isinstance(outcome, RedisTimeoutError)
-        # whichever won, the connection went, since its stream holds the deadline's error
+            # asyncio runs the reply first, uvloop the deadline: both time out
+            with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+                await connection.read_response()
+        # its stream holds the deadline's error, so the connection went
         assert not connection.is_connected
         assert await client.ping() is True
+        await client.aclose()
+
+    async def test_a_pipeline_whose_replies_come_as_the_deadline_passes_times_out(
+        self, redis_server: RedisServer
+    ) -> None:
+        """Replies taken past their deadline fail a pipeline with TimeoutError, no other error."""
+        client, pid = await client_and_pid(redis_server, socket_timeout=0.2, max_connections=1)
+        await client.ping()  # the pool's one connection is open before the server stops
+
+        def resume_and_stall() -> None:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.6)  # past the 0.2 s deadline, while the replies come in
+
+        stop_process(pid)
+        try:
+            # by 0.1 s the pipeline has been written and waits for its first reply
+            asyncio.get_running_loop().call_later(0.1, resume_and_stall)
+            pipe = client.pipeline(transaction=False)
+            pipe.set("deadline:a", "1").set("deadline:b", "2").get("deadline:a")
+            with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+                await pipe.execute()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await client.mget("deadline:a", "deadline:b") == [b"1", b"2"]
         await client.aclose()
 
     async def test_a_maintenance_notice_relaxes_the_running_read(
