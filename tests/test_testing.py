@@ -206,6 +206,34 @@ class TestCluster:
         assert len(client.get_primaries()) == 3
         await client.aclose()
 
+    def test_node_ports_never_meet_a_cluster_bus_port(self) -> None:
+        """Node ports are distinct and below 20000, bus ports (port + 10000) at or above it."""
+        cluster = RedisClusterServer(primaries=5)
+        ports = [node.port for node in cluster.nodes]
+        assert len(set(ports)) == 5
+        assert all(10000 <= port < 20000 for port in ports)
+
+    def test_a_node_port_taken_before_start_is_replaced(self) -> None:
+        """A node port another process binds before start() is swapped for a free one."""
+        cluster = RedisClusterServer()
+        taken = cluster.nodes[0].port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            try:
+                cluster.start()
+                assert cluster.nodes[0].port != taken
+                info = subprocess.run(
+                    ["redis-cli", "-p", str(cluster.nodes[0].port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=5,
+                ).stdout
+                assert "cluster_state:ok" in info
+            finally:
+                cluster.close()
+
     def test_cluster_needs_three_primaries(self) -> None:
         """Fewer than three primaries is refused: redis-cli cannot build such a cluster."""
         with pytest.raises(ValueError, match="at least 3"):

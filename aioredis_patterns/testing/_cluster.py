@@ -6,6 +6,7 @@ import random
 import shutil
 import socket
 import subprocess
+from collections.abc import Collection
 
 from ._server import Launcher, RedisServer, RedisServerError
 
@@ -23,15 +24,17 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_cluster_port() -> int:
-    """A port whose cluster-bus twin (port + 10000) is free too.
+def free_cluster_port(taken: Collection[int] = ()) -> int:
+    """A port whose cluster-bus twin (port + 10000) is free too, and not in *taken*.
 
     Both are taken below the kernel's ephemeral range (32768 and up), so an
     outgoing connection cannot grab the bus port between choosing and binding.
+    Node ports come from 10000-19999 and bus ports from 20000-29999, so one
+    node's bus never lands on another node's port, in this cluster or another.
     """
     for _ in range(200):
-        port = random.randrange(10000, 32768 - _BUS_OFFSET)
-        if _bindable(port) and _bindable(port + _BUS_OFFSET):
+        port = random.randrange(10000, 2 * _BUS_OFFSET)
+        if port not in taken and _bindable(port) and _bindable(port + _BUS_OFFSET):
             return port
     raise RedisServerError("no free port pair for a cluster node")
 
@@ -56,13 +59,30 @@ class RedisClusterServer(Launcher):
             raise RedisServerError("redis-cli is not on PATH")
         self._cli = cli
         self.startup_timeout = startup_timeout
-        self.nodes = [
-            RedisServer(
-                port=free_cluster_port(),
-                args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-            )
-            for _ in range(primaries)
-        ]
+        self.nodes: list[RedisServer] = []
+        for _ in range(primaries):
+            self.nodes.append(self._node(free_cluster_port(self._ports())))
+
+    @staticmethod
+    def _node(port: int) -> RedisServer:
+        return RedisServer(
+            port=port, args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        )
+
+    def _ports(self) -> set[int]:
+        return {node.port for node in self.nodes}
+
+    def _start_node(self, index: int) -> None:
+        """Start one node; a port another process bound meanwhile is replaced, twice at most."""
+        for attempt in range(3):
+            try:
+                self.nodes[index].start()
+                return
+            except RedisServerError as exc:
+                if attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+                self.nodes[index].close()
+                self.nodes[index] = self._node(free_cluster_port(self._ports()))
 
     @classmethod
     def available(cls) -> bool:
@@ -89,8 +109,8 @@ class RedisClusterServer(Launcher):
     def start(self) -> RedisClusterServer:
         """Start every node, create the cluster and wait until it serves all slots."""
         try:
-            for node in self.nodes:
-                node.start()
+            for index in range(len(self.nodes)):
+                self._start_node(index)
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             created = subprocess.run(
                 [self._cli, "--cluster", "create", *addresses, "--cluster-yes"],
