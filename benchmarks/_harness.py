@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -58,6 +58,15 @@ class Case:
     unavailable: str | None = None
     """Why this case cannot run here (shown in the output and the doc)."""
     stream: StreamFactory | None = None
+    lacks: str | None = None
+    """For a peer: the guarantee of our row that this peer does not give (e.g. "a
+    fencing token"). Such a row prices that guarantee; it is not the same job, so the
+    targets do not read it. The same job is then compared in another row, where our
+    pattern runs without the guarantee (``fencing=False``, ``get`` + ``set``)."""
+
+    def without(self, guarantee: str) -> Case:
+        """This peer, in a row whose pattern gives *guarantee* and the peer does not."""
+        return replace(self, lacks=guarantee)
 
     @property
     def runnable(self) -> bool:
@@ -140,6 +149,8 @@ class Measurement:
     round_trips_per_op: float | None = None
     commands_per_op: float | None = None
     unavailable: str | None = None
+    lacks: str | None = None
+    """See :attr:`Case.lacks`."""
     rounds: dict[str, list[float | None]] = field(
         default_factory=lambda: {"serial": [], "concurrent": []}
     )
@@ -174,6 +185,7 @@ class Measurement:
             "round_trips_per_op": _round(self.round_trips_per_op, 2),
             "server_commands_per_op": _round(self.commands_per_op, 2),
             "unavailable": self.unavailable,
+            "lacks": self.lacks,
             "serial_rounds": [_round(r) for r in self.rounds["serial"]],
             "concurrent_rounds": [_round(r) for r in self.rounds["concurrent"]],
         }
@@ -388,7 +400,7 @@ def _describe(exc: BaseException) -> str:
 async def run_comparison(bench: Bench, comparison: Comparison) -> ComparisonResult:
     """Measure every case of *comparison*, serially and at ``bench.tasks`` tasks."""
     cases = [comparison.ours, *([comparison.floor] if comparison.floor else []), *comparison.peers]
-    results = {id(c): Measurement(c.label, unavailable=c.unavailable) for c in cases}
+    results = {id(c): Measurement(c.label, unavailable=c.unavailable, lacks=c.lacks) for c in cases}
     live = [c for c in cases if c.runnable]
     slice_seconds = bench.duration / bench.rounds
     warmup = min(0.25, slice_seconds / 2)

@@ -59,7 +59,10 @@ def format_comparison(c: ComparisonResult, tasks: int) -> str:
     lines.append(row("ours   ", c.ours, False))
     if c.floor is not None:
         lines.append(row("floor  ", c.floor, True))
-    lines.extend(row("peer   ", p, True) for p in c.peers)
+    lines.extend(
+        row("peer   ", p, True) + ("" if p.lacks is None else f"   ({_no(p.lacks)})")
+        for p in c.peers
+    )
     return "\n".join(lines)
 
 
@@ -151,21 +154,26 @@ def _quote(rows: list[_Row]) -> str:
     return "; ".join(f"{what} {_x(value)}{_ci(ci, 3)}" for what, value, ci in rows)
 
 
-def _compared(op: Data, *, peers: bool) -> list[Data]:
-    """The peer libraries of *op* (not our own pattern on the pool), or its floor."""
+def _compared(op: Data, *, peers: bool, same_job: bool = True) -> list[Data]:
+    """The peers of *op* that do its job (or, not *same_job*, those that do less:
+    :attr:`Case.lacks`), never our own pattern on the pool; or else its floor."""
     if peers:
-        return [p for p in op["peers"] if not p["label"].endswith(ON_POOL)]
+        return [
+            p
+            for p in op["peers"]
+            if not p["label"].endswith(ON_POOL) and (p.get("lacks") is None) == same_job
+        ]
     return [op["floor"]] if op["floor"] else []
 
 
-def _ratios(groups: list[Data], column: str, *, peers: bool) -> list[_Row]:
-    """Every pattern row's ratio to its floor (or to each peer library) in *column*."""
+def _ratios(groups: list[Data], column: str, *, peers: bool, same_job: bool = True) -> list[_Row]:
+    """Every pattern row's ratio to its floor (or to each peer) in *column*."""
     rows: list[_Row] = []
     for g in groups:
         if g["key"] == "floor":
             continue
         for op in g["operations"]:
-            for other in _compared(op, peers=peers):
+            for other in _compared(op, peers=peers, same_job=same_job):
                 value, ci = _d_over(op["ours"], other, column)
                 if value is not None:
                     what = f"{op['name']} vs {other['label']}" if peers else op["name"]
@@ -184,23 +192,16 @@ def _targets(groups: list[Data], tasks: int) -> list[str]:
             f"{len(floor)} operations"
             + (f"; below: {_quote(below)}." if below else "; none below.")
         )
-    for column, mode in (("serial", "serially"), ("concurrent", f"at {tasks} tasks")):
-        rows = _ratios(groups, column, peers=True)
-        if not rows:
-            continue
-        by: dict[str | None, list[_Row]] = {}
-        for row in rows:
-            by.setdefault(verdict(row[2]), []).append(row)
-        ahead, level, behind = (by.get(v, []) for v in ("ahead", "level", "behind"))
-        out.append(
-            f"- **Ahead of every peer, {mode}**: ahead in {len(ahead)} of {len(rows)} peer "
-            f"rows (interval above 1.00x), level in {len(level)} (interval holds 1.00x), "
-            f"behind in {len(behind)} (interval below 1.00x)"
-            + (f"; {len(by[None])} have no interval (too few rounds)." if None in by else ".")
-        )
-        out += [
-            f"  - {name}: {_quote(r)}." for name, r in (("Level", level), ("Behind", behind)) if r
-        ]
+    for same_job in (True, False):
+        for column, mode in (("serial", "serially"), ("concurrent", f"at {tasks} tasks")):
+            rows = _ratios(groups, column, peers=True, same_job=same_job)
+            if rows:
+                title = (
+                    f"**Ahead of every peer doing the same job, {mode}**"
+                    if same_job
+                    else f"*Not a target: peers that do less than our row, {mode}*"
+                )
+                out += _tally(title, rows)
     scaling = [s for g in groups for s in g["scaling"] if not s.get("error") and s["rows"]]
     for column, mode in (("serial", "serially"), ("concurrent", f"at {tasks} tasks")):
         ratios = [
@@ -217,6 +218,21 @@ def _targets(groups: list[Data], tasks: int) -> list[str]:
                 f"interval holds 1.00x in {holds} of them."
             )
     return out
+
+
+def _tally(title: str, rows: list[_Row]) -> list[str]:
+    """A target's line: how many of *rows* are ahead, level and behind, and which not ahead."""
+    by: dict[str | None, list[_Row]] = {}
+    for row in rows:
+        by.setdefault(verdict(row[2]), []).append(row)
+    ahead, level, behind = (by.get(v, []) for v in ("ahead", "level", "behind"))
+    return [
+        f"- {title}: ahead in {len(ahead)} of {len(rows)} peer rows (interval above 1.00x), "
+        f"level in {len(level)} (interval holds 1.00x), behind in {len(behind)} (interval "
+        "below 1.00x)"
+        + (f"; {len(by[None])} have no interval (too few rounds)." if None in by else "."),
+        *(f"  - {name}: {_quote(r)}." for name, r in (("Level", level), ("Behind", behind)) if r),
+    ]
 
 
 def _pattern_rows(groups: list[Data]) -> list[list[str]]:
@@ -253,14 +269,16 @@ def _peer_rows(groups: list[Data], *, floor: bool) -> list[list[str]]:
             continue
         for op in g["operations"]:
             for p in op["peers"]:
+                job = [] if floor else [_job(p)]
                 if p.get("unavailable"):
-                    rows.append([op["name"], p["label"], "-", "-", "-", "-", "-"])
+                    rows.append([op["name"], p["label"], *job, "-", "-", "-", "-", "-"])
                     rows[-1][-1] = f"not measured: {p['unavailable']}"
                     continue
                 rows.append(
                     [
                         op["name"],
                         p["label"],
+                        *job,
                         _d_rate(p, "serial"),
                         _d_rate(p, "concurrent"),
                         _d_costs(p),
@@ -269,6 +287,19 @@ def _peer_rows(groups: list[Data], *, floor: bool) -> list[list[str]]:
                     ]
                 )
     return rows
+
+
+def _job(peer: Data) -> str:
+    """The "same job" cell of a peer row."""
+    if peer["label"].endswith(ON_POOL):
+        return "ours, on the pool"
+    lacks = peer.get("lacks")
+    return "yes" if lacks is None else f"no: it has {_no(lacks)}"
+
+
+def _no(guarantee: str) -> str:
+    """ "a fencing token" -> "no fencing token"."""
+    return "no " + guarantee.removeprefix("a ")
 
 
 def _scaling_rows(groups: list[Data]) -> list[list[str]]:
@@ -392,6 +423,12 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
         "round trips (for script operations: EVALSHA of the very same script with the same "
         "keys and arguments, sent with `execute_command`, nothing parsed). **ours/peer** is "
         "the pattern's ops/s over the peer's. Above 1.00x the pattern is faster.",
+        '- *Same job*: a peer row reads "no" where the peer lacks a guarantee that our '
+        "row gives (no peer lock draws a fencing token; the seed's `GetUser` has no "
+        "stampede guard). Such a row prices that guarantee, and no target reads it: the "
+        "same operation is also measured with the guarantee off (`fencing=False`; "
+        "`get` + load + `set`), against the same peers, and that row is the comparison "
+        "of the same job.",
         "- *RT / cmds per op*: round trips per operation, counted as socket writes of the "
         "client in an untimed run of 50 calls, and commands the server ran per operation "
         "(INFO commandstats), including those a Lua script runs: an EVALSHA whose script "
@@ -423,12 +460,13 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
             _pattern_rows(measured),
         ),
         "",
-        "## Against peer libraries",
+        "## Against peers",
         "",
         *_table(
             [
                 "operation",
                 "peer",
+                "same job",
                 "peer serial/s",
                 f"peer {tasks} tasks/s",
                 "peer RT / cmds",

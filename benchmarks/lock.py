@@ -7,8 +7,9 @@ aioredlock (on its own aioredis 1.x connections), plus the seed's Go lock ported
 as written and its minimal form.
 
 None of the peers draws a fencing token, so each lock row is measured twice: with
-AsyncLock's default (an acquire script that draws a fencing token) and with
-``fencing=False``, which does the peers' job (an acquire that is one ``SET NX PX``).
+AsyncLock's default (an acquire script that draws a fencing token), where a peer row
+prices the token and no target reads it, and with ``fencing=False``, which does the
+peers' job (an acquire that is one ``SET NX PX``) and is the row the targets read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ._replay import Replay
 
 TITLE = "AsyncLock"
 TTL = 30.0
+FENCING = "a fencing token"
 
 # The seed's DistributedLock (its "correct implementation"), as written: Lock runs
 # this script, Unlock the compare-and-delete below (no fencing token, no wake-up).
@@ -67,17 +69,25 @@ async def build(bench: Bench) -> Group:
         "raw SET NX PX + EVALSHA compare-and-delete (minimal lock)", _seed(client, seed_unlock)
     )
 
+    cycle_peers = [
+        seed,
+        minimal,
+        await _redis_py_lock(bench, context=False),
+        await _pottery(bench, context=False),
+        await _aioredlock(bench, watchdog=False),
+    ]
+    context_peers = [
+        await _redis_py_lock(bench, context=True),
+        await _pottery(bench, context=True),
+        await _aioredlock(bench, watchdog=True),
+    ]
+    # No peer draws a fencing token: next to the default lock each prices the token,
+    # and the same job is the fencing=False row.
     acquire_release = _cycle_comparison(
         "lock acquire+release",
         Case("AsyncLock.acquire(blocking=False) + release", _ours(ours, fencing=True)),
         replay,
-        [
-            seed,
-            minimal,
-            await _redis_py_lock(bench, context=False),
-            await _pottery(bench, context=False),
-            await _aioredlock(bench, watchdog=False),
-        ],
+        [peer.without(FENCING) for peer in cycle_peers],
     )
     plain = _cycle_comparison(
         "lock acquire+release, fencing=False",
@@ -86,17 +96,13 @@ async def build(bench: Bench) -> Group:
             _ours(ours, fencing=False),
         ),
         plain_replay,
-        [seed, minimal, await _redis_py_lock(bench, context=False)],
+        cycle_peers,
     )
     context = _cycle_comparison(
         "lock async with (watchdog)",
         Case("async with AsyncLock (auto-extend watchdog)", _ours_context(ours, fencing=True)),
         replay,
-        [
-            await _redis_py_lock(bench, context=True),
-            await _pottery(bench, context=True),
-            await _aioredlock(bench, watchdog=True),
-        ],
+        [peer.without(FENCING) for peer in context_peers],
     )
     plain_context = _cycle_comparison(
         "lock async with (watchdog), fencing=False",
@@ -105,7 +111,7 @@ async def build(bench: Bench) -> Group:
             _ours_context(ours, fencing=False),
         ),
         plain_replay,
-        [await _redis_py_lock(bench, context=True)],
+        context_peers,
     )
 
     def scaled(key_id: str) -> Awaitable[object]:
