@@ -64,6 +64,11 @@ class Case:
     targets do not read it. The same job is then compared in another row, where our
     pattern runs without the guarantee (``fencing=False``, ``get`` + ``set``)."""
 
+    by_hand: bool = False
+    """For a peer: raw redis-py calls written by hand (the seed's code as written, the
+    minimal lock), not a library. That is a floor of another shape, so the floor's
+    target (at least 0.90x serially) applies to it rather than the peers' one."""
+
     def without(self, guarantee: str) -> Case:
         """This peer, in a row whose pattern gives *guarantee* and the peer does not."""
         return replace(self, lacks=guarantee)
@@ -151,6 +156,8 @@ class Measurement:
     unavailable: str | None = None
     lacks: str | None = None
     """See :attr:`Case.lacks`."""
+    by_hand: bool = False
+    """See :attr:`Case.by_hand`."""
     rounds: dict[str, list[float | None]] = field(
         default_factory=lambda: {"serial": [], "concurrent": []}
     )
@@ -186,6 +193,7 @@ class Measurement:
             "server_commands_per_op": _round(self.commands_per_op, 2),
             "unavailable": self.unavailable,
             "lacks": self.lacks,
+            "by_hand": self.by_hand,
             "serial_rounds": [_round(r) for r in self.rounds["serial"]],
             "concurrent_rounds": [_round(r) for r in self.rounds["concurrent"]],
         }
@@ -400,7 +408,10 @@ def _describe(exc: BaseException) -> str:
 async def run_comparison(bench: Bench, comparison: Comparison) -> ComparisonResult:
     """Measure every case of *comparison*, serially and at ``bench.tasks`` tasks."""
     cases = [comparison.ours, *([comparison.floor] if comparison.floor else []), *comparison.peers]
-    results = {id(c): Measurement(c.label, unavailable=c.unavailable, lacks=c.lacks) for c in cases}
+    results = {
+        id(c): Measurement(c.label, unavailable=c.unavailable, lacks=c.lacks, by_hand=c.by_hand)
+        for c in cases
+    }
     live = [c for c in cases if c.runnable]
     slice_seconds = bench.duration / bench.rounds
     warmup = min(0.25, slice_seconds / 2)

@@ -64,9 +64,12 @@ async def build(bench: Bench) -> Group:
     seed = Case(
         "seed DistributedLock as written: EVALSHA lock + EVALSHA unlock",
         _seed(client, seed_unlock, lock_sha=seed_lock),
+        by_hand=True,
     )
     minimal = Case(
-        "raw SET NX PX + EVALSHA compare-and-delete (minimal lock)", _seed(client, seed_unlock)
+        "raw SET NX PX + EVALSHA compare-and-delete (minimal lock)",
+        _seed(client, seed_unlock),
+        by_hand=True,
     )
 
     cycle_peers = [
