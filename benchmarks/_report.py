@@ -612,6 +612,13 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
 # --- chart -------------------------------------------------------------------------------
 
 
+def _bar_kind(peer: Data) -> str:
+    """The colour key of a peer's bar."""
+    if peer["label"].endswith(ON_POOL):
+        return "pool"
+    return "hand" if peer.get("by_hand") else "peer"
+
+
 def write_chart(data: Data, path: Path) -> None:
     """Grouped horizontal bars: per operation ours, the floor and each peer; two panels."""
     import matplotlib
@@ -625,7 +632,20 @@ def write_chart(data: Data, path: Path) -> None:
         return
     meta = data["meta"]
     tasks = meta["tasks"]
-    colours = {"ours": "#1f6feb", "floor": "#8b949e", "peer": "#f0883e"}
+    colours = {
+        "ours": "#1f6feb",
+        "pool": "#79c0ff",
+        "floor": "#8b949e",
+        "hand": "#c69026",
+        "peer": "#f0883e",
+    }
+    names = {
+        "ours": "aioredis_patterns",
+        "pool": "aioredis_patterns on the pool (autopipeline rows)",
+        "floor": "raw redis-py floor (same round trips)",
+        "hand": "raw calls by hand (the seed's code)",
+        "peer": "peer library",
+    }
     fig_height = max(4.0, 0.2 * sum(3 + len(op["peers"]) for op in operations) + 1.5)
     fig, axes = plt.subplots(1, 2, figsize=(16, fig_height), sharey=True)
     for axis, column, title in (
@@ -635,14 +655,16 @@ def write_chart(data: Data, path: Path) -> None:
         y = 0.0
         ticks: list[float] = []
         for op in reversed(operations):
-            bars = [("peer", p) for p in reversed(op["peers"])]
+            bars = [(_bar_kind(p), p) for p in reversed(op["peers"])]
             bars += [("floor", op["floor"])] if op["floor"] else []
             bars.append(("ours", op["ours"]))
             start = y
             for kind, m in bars:
                 value = m.get(f"{column}_ops_per_s")
                 if value:
-                    axis.barh(y, value, height=0.8, color=colours[kind])
+                    # a peer that does less than our row (not the same job) is hatched
+                    hatch = "///" if m.get("lacks") else None
+                    axis.barh(y, value, height=0.8, color=colours[kind], hatch=hatch)
                     axis.text(value, y, f" {value:,.0f}  {m['label']}", va="center", fontsize=6)
                     y += 1
             ticks.append((start + max(y - 1, start)) / 2)
@@ -656,8 +678,11 @@ def write_chart(data: Data, path: Path) -> None:
         )
         axis.grid(axis="x", alpha=0.3)
     fig.legend(
-        [Patch(color=c) for c in colours.values()],
-        ["aioredis_patterns", "raw redis-py floor (same round trips)", "peer library"],
+        [
+            *(Patch(color=c) for c in colours.values()),
+            Patch(facecolor="white", edgecolor="black", hatch="///"),
+        ],
+        [*names.values(), "hatched: the peer does less (not the same job)"],
         loc="lower center",
         ncol=3,
         fontsize=9,
