@@ -163,6 +163,12 @@ def _floor_of(op: Data) -> list[Data]:
     return [op["floor"]] if op["floor"] else []
 
 
+def _on_pool(peer: Data) -> bool:
+    """Whether a "peer" is our own pattern on the pool (the autopipeline rows compare
+    with it): not a peer at all, so no target reads it."""
+    return bool(peer["label"].endswith(ON_POOL))
+
+
 def _peers(*, same_job: bool, by_hand: bool | None = None) -> Pick:
     """The peers of an operation that do its job (or, not *same_job*, those that do
     less: ``lacks``), by hand or libraries (``by_hand``; None: either), never our own
@@ -172,7 +178,7 @@ def _peers(*, same_job: bool, by_hand: bool | None = None) -> Pick:
         return [
             p
             for p in op["peers"]
-            if not p["label"].endswith(ON_POOL)
+            if not _on_pool(p)
             and (p.get("lacks") is None) == same_job
             and (by_hand is None or bool(p.get("by_hand")) == by_hand)
         ]
@@ -190,7 +196,9 @@ def _ratios(groups: list[Data], column: str, pick: Pick) -> list[_Row]:
             for other in pick(op):
                 value, ci = _d_over(op["ours"], other, column)
                 if value is not None:
-                    what = op["name"] if pick is _floor_of else f"{op['name']} vs {other['label']}"
+                    what = op["name"]
+                    if other is not op["floor"]:
+                        what += f" vs {other['label']}"
                     rows.append((what, value, ci))
     return rows
 
@@ -314,7 +322,7 @@ def _peer_rows(groups: list[Data], *, floor: bool) -> list[list[str]]:
 
 def _job(peer: Data) -> str:
     """The "same job" cell of a peer row."""
-    if peer["label"].endswith(ON_POOL):
+    if _on_pool(peer):
         return "ours, on the pool"
     lacks = peer.get("lacks")
     if lacks is not None:
@@ -614,7 +622,7 @@ def write_markdown(data: Data, path: Path, analysis: str | None) -> None:
 
 def _bar_kind(peer: Data) -> str:
     """The colour key of a peer's bar."""
-    if peer["label"].endswith(ON_POOL):
+    if _on_pool(peer):
         return "pool"
     return "hand" if peer.get("by_hand") else "peer"
 
